@@ -1,0 +1,616 @@
+"""Byte objects under one root of an fsspec filesystem: the lowest layer of casstore.
+
+A `Backend` knows keys ("config", "packs/ab/abcd…", "snapshots/12/12…") and bytes,
+nothing else. It gives the layers above four guarantees:
+
+- put is atomic: a reader sees the whole object or nothing. Local folders get a
+  temp file + fsync + rename + directory fsync (durable when put returns); object
+  stores are atomic per object, so a remote put is a single request.
+- every failure is a `StorageError` naming the operation and the object URL, with
+  credentials redacted and the cause chained; a missing object is an
+  `ObjectNotFoundError`.
+- transient failures (timeouts, resets, 5xx, throttling) are retried with capped
+  exponential backoff and full jitter; not-found and permission errors are not.
+- batch reads and writes run on a bounded thread pool, because object stores are
+  latency-bound and one request at a time wastes the link.
+
+The local filesystem is driven with `os` directly (fsync and O_EXCL semantics are
+exact there); every other protocol goes through fsspec.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import stat
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from casstore.errors import ConfigurationError, ObjectNotFoundError, StorageError
+
+__all__ = ["Backend", "redact_url"]
+
+T = TypeVar("T")
+
+BACKOFF_BASE = 0.05  # seconds; first retry waits up to this long
+BACKOFF_CAP = 2.0  # seconds; no single wait is longer
+TEMP_MARKER = ".tmp-"  # in-flight local puts are named ".<name>.tmp-<random>"
+
+# pip packages that provide fsspec drivers, for the "install X" hint.
+_DRIVER_PACKAGES = {
+    "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
+    "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs", "adl": "adlfs",
+    "sftp": "paramiko", "ssh": "paramiko", "hf": "huggingface_hub",
+    "oci": "ocifs", "webdav": "webdav4", "dropbox": "dropboxdrivefs",
+}
+
+# S3-style error codes and HTTP statuses that mean "try again later".
+_TRANSIENT_CODES = {
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+    "RequestTimeoutException", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "TooManyRequestsException", "ProvisionedThroughputExceededException",
+    "500", "502", "503", "504",
+}
+_TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+# Exception class names (anywhere in the MRO) of network-level failures raised by
+# botocore / aiohttp / asyncio, matched by name so this module needs none of them.
+_TRANSIENT_NAME_PARTS = (
+    "Timeout", "ConnectionError", "ConnectionClosed", "ServerDisconnected",
+    "HTTPClientError", "IncompleteRead", "PayloadError", "ResponseParserError",
+    "ProtocolError", "ClientOSError", "EndpointConnectionError",
+)
+_TRANSIENT_MESSAGE_PARTS = (
+    "SlowDown", "reduce your request rate", "Service Unavailable", "ServiceUnavailable",
+    "InternalError", "Connection reset", "timed out", "Throttl",
+)
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def redact_url(url: str) -> str:
+    """Return `url` without `user:password@` and without a query string's values."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    code = _error_code(exc)
+    return code in {"NoSuchKey", "404", "NotFound"}
+
+
+def _error_code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code is not None:
+            return str(code)
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status is not None:
+            return str(status)
+    return None
+
+
+def _causes(exc: BaseException | None):
+    """The exception and the chain of its explicit causes (s3fs wraps boto errors)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying `exc` may succeed: network trouble, throttling, 5xx."""
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    chain = list(_causes(exc))
+    for e in chain:  # a service error code is the most precise verdict
+        code = _error_code(e)
+        if code is not None:
+            return code in _TRANSIENT_CODES
+        status = getattr(e, "status", None) or getattr(e, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 600:
+            return status in _TRANSIENT_STATUSES
+    for e in chain:
+        if isinstance(e, _PERMANENT_OS_ERRORS):
+            return False
+        names = [cls.__name__ for cls in type(e).__mro__]
+        if any(part in name for name in names for part in _TRANSIENT_NAME_PARTS):
+            return True
+        if isinstance(e, (TimeoutError, ConnectionError)):
+            return True
+        if any(part in str(e) for part in _TRANSIENT_MESSAGE_PARTS):
+            return True
+    if isinstance(exc, OSError):
+        # Unclassified I/O trouble (s3fs reports unknown service errors as EIO):
+        # worth a bounded retry, except the errnos that never heal by waiting.
+        return exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.EEXIST)
+    return False
+
+
+def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt))."""
+    return random.uniform(0, min(cap, base * (2**attempt)))
+
+
+def with_retries(fn: Callable[[], T], retries: int, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Call `fn`, retrying transient failures up to `retries` times; re-raise the last."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt >= retries or not is_transient(exc):
+                raise
+            sleep(backoff_delay(attempt))
+            attempt += 1
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class Backend:
+    """Byte objects under one root folder/prefix of an fsspec filesystem."""
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict | None = None,
+        *,
+        max_workers: int = 8,
+        retries: int = 5,
+    ) -> None:
+        if not isinstance(url, (str, os.PathLike)):
+            raise ConfigurationError(f"storage URL must be a string, got {type(url).__name__}")
+        url = os.fspath(url)
+        if not url:
+            raise ConfigurationError("storage URL is empty")
+        options = dict(storage_options or {})
+        shown = redact_url(url)
+        try:
+            fs, root = url_to_fs(url, **options)
+        except ImportError as exc:
+            raise ConfigurationError(_missing_driver_message(url, shown)) from exc
+        except ValueError as exc:
+            if "Protocol not known" in str(exc):
+                raise ConfigurationError(f"unknown storage protocol in {shown!r}: {exc}") from exc
+            raise ConfigurationError(f"invalid storage URL {shown!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - driver constructors raise anything
+            # Never echo the options: they hold secrets.
+            raise ConfigurationError(
+                f"cannot open storage {shown!r}: {type(exc).__name__}"
+            ) from None
+
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        self.fs = fs
+        self.is_local: bool = "file" in protocols or "local" in protocols
+        self.local_path: str | None = os.path.abspath(root) if self.is_local else None
+        self._root = self.local_path if self.is_local else root.rstrip("/")
+        if self.is_local:
+            self.url = self.local_path if "://" not in url else f"file://{self.local_path}"
+        else:
+            self.url = shown.rstrip("/") or shown
+        self.retries = max(0, int(retries))
+        self.max_workers = max(1, int(max_workers))
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.stats: dict[str, int] = {"put": 0, "get": 0, "list": 0, "delete": 0, "head": 0}
+
+    def __repr__(self) -> str:
+        return f"Backend({self.url!r})"
+
+    __str__ = __repr__
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _path(self, key: str) -> str:
+        """The filesystem path of `key`, after checking the key is a plain relative name."""
+        if not isinstance(key, str) or not key or key.startswith("/") or key.endswith("/"):
+            raise ValueError(f"invalid object key {key!r}")
+        parts = key.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"invalid object key {key!r}")
+        if self.is_local:
+            return os.path.join(self._root, *parts)
+        return f"{self._root}/{key}"
+
+    def object_url(self, key: str) -> str:
+        """The (redacted) URL of `key`, for messages."""
+        return f"{self.url.rstrip('/')}/{key}" if key else self.url
+
+    def _count(self, kind: str) -> None:
+        with self._stats_lock:
+            self.stats[kind] += 1
+
+    def _run(self, op: str, key: str, kind: str, fn: Callable[[], T]) -> T:
+        """Run one request with retries; translate failures into casstore errors."""
+
+        def attempt() -> T:
+            self._count(kind)
+            return fn()
+
+        try:
+            return with_retries(attempt, self.retries)
+        except (StorageError, ValueError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a StorageError
+            where = self.object_url(key)
+            if _is_not_found(exc):
+                raise ObjectNotFoundError(f"{op} {where}: object not found") from exc
+            detail = _describe(exc)
+            raise StorageError(f"{op} {where} failed: {detail}") from exc
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="casstore-io")
+            return self._pool
+
+    # ------------------------------------------------------------------ writes
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """Store `data` under `key` atomically, replacing any previous object."""
+        path = self._path(key)
+        if self.is_local:
+            self._run("put", key, "put", lambda: _local_put(path, data))
+        else:
+            payload = bytes(data) if not isinstance(data, bytes) else data
+            self._run("put", key, "put", lambda: self.fs.pipe_file(path, payload))
+
+    def put_many(self, items: list[tuple[str, bytes | memoryview]]) -> None:
+        """Put every (key, data) pair, in parallel; raise the first failure after all finish."""
+        items = list(items)
+        if len(items) <= 1:
+            for key, data in items:
+                self.put(key, data)
+            return
+        futures = [self._executor().submit(self.put, key, data) for key, data in items]
+        _gather(futures)
+
+    def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
+        """Create `key` only if it does not exist; True if this call wrote it.
+
+        Local: the complete temp file is hard-linked to the final name, which fails
+        atomically if the name exists. S3: a conditional put (If-None-Match: *).
+        Other remotes: best effort, an existence check then a put.
+        """
+        path = self._path(key)
+        if self.is_local:
+            return self._run("put_if_absent", key, "put", lambda: _local_create(path, data))
+        payload = bytes(data) if not isinstance(data, bytes) else data
+        if _supports_conditional_put(self.fs):
+            def conditional() -> bool:
+                try:
+                    self.fs.pipe_file(path, payload, mode="create")
+                except FileExistsError:
+                    return False
+                return True
+
+            return self._run("put_if_absent", key, "put", conditional)
+        if self.exists(key):
+            return False
+        self.put(key, payload)
+        return True
+
+    def delete(self, key: str) -> None:
+        """Remove `key`; a missing key is not an error."""
+        path = self._path(key)
+
+        def remove() -> None:
+            try:
+                if self.is_local:
+                    os.unlink(path)
+                else:
+                    self.fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+
+        self._run("delete", key, "delete", remove)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: str) -> bytes:
+        """The whole object; ObjectNotFoundError if it does not exist."""
+        path = self._path(key)
+        if self.is_local:
+            return self._run("get", key, "get", lambda: _local_read(path))
+        return self._run("get", key, "get", lambda: self.fs.cat_file(path))
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the object; StorageError if fewer bytes exist."""
+        if start < 0 or end < start:
+            raise ValueError(f"invalid byte range [{start}, {end}) for {self.object_url(key)}")
+        path = self._path(key)
+        if end == start:
+            return b""
+
+        def read() -> bytes:
+            if self.is_local:
+                return _local_read(path, start, end)
+            return self.fs.cat_file(path, start=start, end=end)
+
+        data = self._run("get_range", key, "get", read)
+        if len(data) != end - start:
+            raise StorageError(
+                f"get_range {self.object_url(key)} [{start}, {end}): short read, "
+                f"got {len(data)} of {end - start} bytes"
+            )
+        return data
+
+    def get_ranges(self, requests: list[tuple[str, int, int]]) -> list[bytes]:
+        """Many ranged reads on the bounded pool; results in request order."""
+        requests = list(requests)
+        if len(requests) <= 1:
+            return [self.get_range(k, s, e) for k, s, e in requests]
+        futures = [self._executor().submit(self.get_range, k, s, e) for k, s, e in requests]
+        return _gather(futures)
+
+    def exists(self, key: str) -> bool:
+        """True if an object is stored under `key`."""
+        try:
+            self.size(key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        """The object's length in bytes; ObjectNotFoundError if it does not exist."""
+        path = self._path(key)
+
+        def stat() -> int:
+            if self.is_local:
+                st = os.stat(path)
+                if not _stat_is_file(st):
+                    raise FileNotFoundError(errno.ENOENT, "not a file", path)
+                return st.st_size
+            info = self.fs.info(path)
+            if info.get("type") != "file":
+                raise FileNotFoundError(errno.ENOENT, "not a file", path)
+            return int(info["size"])
+
+        return self._run("head", key, "head", stat)
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under the folder `prefix` (recursive), sorted; [] if there is none.
+
+        `prefix` is a folder ("packs", "packs/ab/") or "" for the whole root; an exact
+        key lists itself. Temp files of in-flight local puts are never listed.
+        """
+        prefix = (prefix or "").strip("/")
+        if prefix:
+            self._path(prefix)  # validates it
+        if self.is_local:
+            keys = self._run("list", prefix, "list", lambda: _local_list(self._root, prefix))
+        else:
+            keys = self._run("list", prefix, "list", lambda: self._remote_list(prefix))
+        return sorted(k for k in keys if not _is_temp_name(k.rsplit("/", 1)[-1]))
+
+    def _remote_list(self, prefix: str) -> list[str]:
+        path = f"{self._root}/{prefix}" if prefix else self._root
+        invalidate = getattr(self.fs, "invalidate_cache", None)
+        if invalidate is not None:
+            invalidate(path)
+        try:
+            found = self.fs.find(path, withdirs=False, detail=True)
+        except FileNotFoundError:
+            return []
+        base = self.fs._strip_protocol(self._root).rstrip("/")
+        keys = []
+        for name, info in found.items():
+            if info.get("type", "file") != "file" or name.endswith("/"):
+                continue
+            name = self.fs._strip_protocol(name)
+            if base:
+                if not name.startswith(base + "/"):
+                    continue
+                name = name[len(base) + 1 :]
+            keys.append(name.lstrip("/"))
+        return keys
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Shut down the thread pool (waits for running requests)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _gather(futures: list) -> list:
+    """Wait for every future; return results in order, or raise the first error."""
+    results, first_error = [], None
+    for fut in futures:
+        try:
+            results.append(fut.result())
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            if first_error is None:
+                first_error = exc
+            results.append(None)
+    if first_error is not None:
+        raise first_error
+    return results
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of a failure."""
+    code = None
+    for e in _causes(exc):
+        code = _error_code(e)
+        if code:
+            break
+    text = str(exc).strip() or type(exc).__name__
+    if len(text) > 300:
+        text = text[:300] + "…"
+    return f"{type(exc).__name__}{f' [{code}]' if code else ''}: {text}"
+
+
+def _missing_driver_message(url: str, shown: str) -> str:
+    protocol = url.split("://", 1)[0].split("::")[-1].lower()
+    package = _DRIVER_PACKAGES.get(protocol)
+    if package is None:
+        try:
+            from fsspec.registry import known_implementations
+
+            err = known_implementations.get(protocol, {}).get("err")
+        except Exception:  # noqa: BLE001
+            err = None
+        hint = f" ({err})" if err else ""
+    else:
+        hint = f"; install it with `pip install {package}`"
+    return f"no fsspec driver for protocol {protocol!r} needed by {shown!r}{hint}"
+
+
+def _supports_conditional_put(fs: fsspec.AbstractFileSystem) -> bool:
+    """s3fs turns pipe_file(mode="create") into PutObject with If-None-Match: *."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "s3" in protocols and type(fs).__module__.startswith("s3fs")
+
+
+def _is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+def _stat_is_file(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode)
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename/link/create inside `path` durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _ensure_parent(path: str) -> str:
+    """Create the parent folders of `path`, fsyncing each new entry's parent."""
+    parent = os.path.dirname(path)
+    if os.path.isdir(parent):
+        return parent
+    missing = []
+    d = parent
+    while not os.path.isdir(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            pass
+        _fsync_dir(os.path.dirname(d))
+    return parent
+
+
+def _write_temp(path: str, data: bytes | bytearray | memoryview) -> str:
+    """Write `data` to a fresh fsynced temp file next to `path`; return its name."""
+    parent = _ensure_parent(path)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}{TEMP_MARKER}{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        view = memoryview(data).cast("B")
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _local_put(path: str, data: bytes | bytearray | memoryview) -> None:
+    tmp = _write_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(os.path.dirname(path))
+
+
+def _local_create(path: str, data: bytes | bytearray | memoryview) -> bool:
+    """Atomic create-if-absent: link the complete temp file to its final name."""
+    if os.path.lexists(path):
+        return False
+    tmp = _write_temp(path, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        # No hard links here (some network / FUSE filesystems): O_EXCL create
+        # claims the name, then the content is written and renamed over it.
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return False
+        os.replace(tmp, path)
+    finally:
+        _unlink_quietly(tmp)
+    _fsync_dir(os.path.dirname(path))
+    return True
+
+
+def _local_read(path: str, start: int | None = None, end: int | None = None) -> bytes:
+    with open(path, "rb") as f:
+        if start is None:
+            return f.read()
+        f.seek(start)
+        return f.read(end - start)
+
+
+def _local_list(root: str, prefix: str) -> list[str]:
+    top = os.path.join(root, *prefix.split("/")) if prefix else root
+    if os.path.isfile(top):
+        return [prefix]
+    keys = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        keys.extend(rel + name for name in filenames)
+    return keys
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
