@@ -1,0 +1,351 @@
+"""State codec: Python state <-> one msgpack structure stream plus big-leaf blobs.
+
+encode() walks the state once in Python (to name paths in errors, catch
+cycles and pull out big leaves), building a tree of msgpack-native values and
+ExtTypes that msgpack's C packer then serializes. Big leaves (arrays, long
+str/bytes) are not copied into the structure: they become blobs, referenced
+by (offset, length) in a blob region laid after the structure, so they are
+chunked on their own and deduplicate wherever they sit in the state. Arrays
+are exposed to the chunker as memoryviews of their own buffer (no copy).
+
+decode() is one msgpack unpack with an ext hook; blobs are read back as
+zero-copy views of the restored buffer. Nothing in storage can make decode
+run code: classes are looked up among registered codecs and already-imported
+dataclasses / pydantic models, and pickle is refused unless opted into.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import decimal
+import pickle
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+import numpy as np
+
+from .errors import SerializationError
+
+BIG_LEAF = 64 * 1024  # leaves at least this large become their own blobs
+
+EXT_TUPLE = 1
+EXT_SET = 2
+EXT_FROZENSET = 3
+EXT_DATETIME = 4
+EXT_DATE = 5
+EXT_TIME = 6
+EXT_TIMEDELTA = 7
+EXT_UUID = 8
+EXT_DECIMAL = 9
+EXT_BIGINT = 10
+EXT_BLOB = 11
+EXT_ARRAY = 12
+EXT_NPSCALAR = 13
+EXT_BYTEARRAY = 14
+EXT_MEMORYVIEW = 15
+EXT_OBJECT = 16
+EXT_PICKLE = 17
+
+BLOB_BYTES, BLOB_STR, BLOB_BYTEARRAY, BLOB_MEMORYVIEW, BLOB_ARRAY = range(5)
+
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+_ARRAY_KINDS = set("biufcmMSU")
+
+
+@dataclass
+class Blob:
+    """A big leaf to chunk on its own; row_bytes > 0 asks for row-aligned blocks."""
+
+    data: memoryview
+    row_bytes: int = 0
+    itemsize: int = 0  # for the byte-shuffle filter; 0 = not numeric
+
+
+@dataclass(frozen=True)
+class _Codec:
+    cls: type
+    name: str
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+_BY_TYPE: dict[type, _Codec] = {}
+_BY_NAME: dict[str, _Codec] = {}
+
+
+def register_codec(cls: type, encode: Callable[[Any], Any] | None = None,
+                   decode: Callable[[Any], Any] | None = None, *, name: str | None = None) -> None:
+    """Teach the codec a type: encode(obj) returns any encodable value, decode(value) rebuilds obj.
+
+    Dataclasses and pydantic models need no functions: registering them only
+    makes them restorable in a process that has not imported their module.
+    """
+    name = name or f"{cls.__module__}:{cls.__qualname__}"
+    if encode is None or decode is None:
+        if not (dataclasses.is_dataclass(cls) or _is_pydantic(cls)):
+            raise TypeError(f"register_codec({cls.__qualname__}) needs encode and decode functions")
+        encode = encode or _fields_of
+        decode = decode or (lambda fields, c=cls: _build(c, fields))
+    codec = _Codec(cls, name, encode, decode)
+    _BY_TYPE[cls] = codec
+    _BY_NAME[name] = codec
+
+
+def encode(state: Any, *, allow_pickle: bool = False, big_leaf: int = BIG_LEAF) -> tuple[bytes, list[Blob]]:
+    """Serialize state into (structure bytes, blobs in blob-region order)."""
+    enc = _Encoder(allow_pickle, big_leaf)
+    try:
+        tree = enc.walk(state, "state")
+        return msgpack.packb(tree, use_bin_type=True), enc.blobs
+    except RecursionError as e:
+        raise SerializationError("state is nested too deeply to encode (or holds a cycle)") from e
+    except (ValueError, OverflowError) as e:
+        raise SerializationError(f"state cannot be encoded: {e}") from e
+
+
+def decode(structure: bytes | memoryview, blob_region: memoryview | None = None, *, allow_pickle: bool = False) -> Any:
+    """Rebuild the state; blob_region holds the blobs' bytes in encode order."""
+    region = blob_region if blob_region is not None else memoryview(b"")
+
+    def hook(code: int, data: bytes) -> Any:
+        return _decode_ext(code, data, region, hook, allow_pickle)
+
+    try:
+        return msgpack.unpackb(structure, ext_hook=hook, raw=False, strict_map_key=False, use_list=True)
+    except SerializationError:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, IndexError) as e:
+        raise SerializationError(f"stored state does not decode: {e}") from e
+
+
+class _Encoder:
+    def __init__(self, allow_pickle: bool, big_leaf: int):
+        self.allow_pickle = allow_pickle
+        self.big_leaf = big_leaf
+        self.blobs: list[Blob] = []
+        self.region = 0
+        self.seen_blobs: dict[int, tuple[Any, msgpack.ExtType]] = {}
+        self.active: set[int] = set()
+
+    def walk(self, obj: Any, path: str) -> Any:
+        t = type(obj)
+        if t is str:
+            if len(obj) >= self.big_leaf:
+                return self.blob(obj, BLOB_STR)
+            return obj
+        if t is int:
+            if _INT_MIN <= obj <= _INT_MAX:
+                return obj
+            return msgpack.ExtType(EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True))
+        if t is float or t is bool or obj is None:
+            return obj
+        if t is dict:
+            return self.container(obj, path, lambda: {
+                self.walk(k, f"{path}[{k!r}] (key)"): self.walk(v, f"{path}[{k!r}]") for k, v in obj.items()})
+        if t is list:
+            return self.container(obj, path, lambda: [self.walk(v, f"{path}[{i}]") for i, v in enumerate(obj)])
+        if t is tuple:
+            return self.container(obj, path, lambda: self.ext(EXT_TUPLE, [
+                self.walk(v, f"{path}[{i}]") for i, v in enumerate(obj)]))
+        if t is bytes:
+            return self.blob(obj, BLOB_BYTES) if len(obj) >= self.big_leaf else obj
+        if t is bytearray:
+            return self.blob(obj, BLOB_BYTEARRAY) if len(obj) >= self.big_leaf else msgpack.ExtType(EXT_BYTEARRAY, bytes(obj))
+        if t is memoryview:
+            if obj.nbytes >= self.big_leaf:
+                return self.blob(obj, BLOB_MEMORYVIEW)
+            return msgpack.ExtType(EXT_MEMORYVIEW, obj.tobytes())
+        if t is set or t is frozenset:
+            items = [self.walk(v, f"{path}{{{v!r}}}") for v in _stable_order(obj)]
+            return self.ext(EXT_SET if t is set else EXT_FROZENSET, items)
+        if t is np.ndarray:
+            return self.array(obj, path)
+        if isinstance(obj, np.generic):
+            return self.npscalar(obj, path)
+        if t is _dt.datetime:
+            return self.ext(EXT_DATETIME, [obj.isoformat()])
+        if t is _dt.date:
+            return self.ext(EXT_DATE, [obj.isoformat()])
+        if t is _dt.time:
+            return self.ext(EXT_TIME, [obj.isoformat()])
+        if t is _dt.timedelta:
+            return self.ext(EXT_TIMEDELTA, [obj.days, obj.seconds, obj.microseconds])
+        if t is uuid.UUID:
+            return msgpack.ExtType(EXT_UUID, obj.bytes)
+        if t is decimal.Decimal:
+            return msgpack.ExtType(EXT_DECIMAL, str(obj).encode())
+        return self.custom(obj, path)
+
+    def container(self, obj: Any, path: str, build: Callable[[], Any]) -> Any:
+        key = id(obj)
+        if key in self.active:
+            raise SerializationError(f"{path}: cycle, this {type(obj).__name__} contains itself")
+        self.active.add(key)
+        try:
+            return build()
+        finally:
+            self.active.discard(key)
+
+    def ext(self, code: int, value: Any) -> msgpack.ExtType:
+        return msgpack.ExtType(code, msgpack.packb(value, use_bin_type=True))
+
+    def blob(self, obj: Any, kind: int, meta: Any = None, row_bytes: int = 0, itemsize: int = 0,
+             view: memoryview | None = None) -> msgpack.ExtType:
+        seen = self.seen_blobs.get(id(obj))
+        if seen is not None:
+            return seen[1]
+        if view is None:
+            view = memoryview(obj.encode("utf-8") if kind == BLOB_STR else obj).cast("B")
+        ref = self.ext(EXT_BLOB, [self.region, view.nbytes, kind, meta])
+        self.blobs.append(Blob(view, row_bytes, itemsize))
+        self.region += view.nbytes
+        self.seen_blobs[id(obj)] = (obj, ref)
+        return ref
+
+    def array(self, arr: np.ndarray, path: str) -> msgpack.ExtType:
+        if arr.dtype.kind not in _ARRAY_KINDS or arr.dtype.fields is not None:
+            raise SerializationError(f"{path}: numpy array of dtype {arr.dtype} is not supported (object/structured)")
+        meta = [arr.dtype.str, list(arr.shape)]
+        if arr.nbytes < self.big_leaf:
+            return self.ext(EXT_ARRAY, [*meta, np.ascontiguousarray(arr).tobytes()])
+        contiguous = np.ascontiguousarray(arr)
+        row_bytes = contiguous.nbytes // arr.shape[0] if arr.ndim > 0 and arr.shape[0] else 0
+        numeric = arr.dtype.kind in "iufc" and arr.dtype.itemsize > 1
+        view = memoryview(contiguous.reshape(-1).view(np.uint8))
+        return self.blob(arr, BLOB_ARRAY, meta, row_bytes, arr.dtype.itemsize if numeric else 0, view)
+
+    def npscalar(self, obj: np.generic, path: str) -> msgpack.ExtType:
+        if obj.dtype.kind not in _ARRAY_KINDS:
+            raise SerializationError(f"{path}: numpy scalar of dtype {obj.dtype} is not supported")
+        return self.ext(EXT_NPSCALAR, [obj.dtype.str, obj.tobytes()])
+
+    def custom(self, obj: Any, path: str) -> msgpack.ExtType:
+        cls = type(obj)
+        codec = _BY_TYPE.get(cls)
+        if codec is None and (dataclasses.is_dataclass(cls) or _is_pydantic(cls)):
+            register_codec(cls)
+            codec = _BY_TYPE[cls]
+        if codec is not None:
+            try:
+                value = codec.encode(obj)
+            except Exception as e:
+                raise SerializationError(f"{path}: codec {codec.name!r} failed: {e}") from e
+            return self.container(obj, path, lambda: self.ext(EXT_OBJECT, [codec.name, self.walk(value, path)]))
+        if self.allow_pickle:
+            try:
+                return msgpack.ExtType(EXT_PICKLE, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+            except Exception as e:
+                raise SerializationError(f"{path}: {cls.__qualname__} cannot be pickled: {e}") from e
+        raise SerializationError(
+            f"{path}: {cls.__qualname__} is not supported; register it with casstore.register_codec "
+            f"(or pass allow_pickle=True)")
+
+
+def _decode_ext(code: int, data: bytes, region: memoryview, hook: Callable, allow_pickle: bool) -> Any:
+    def inner() -> Any:
+        return msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False, use_list=True)
+
+    if code == EXT_TUPLE:
+        return tuple(inner())
+    if code == EXT_SET:
+        return set(inner())
+    if code == EXT_FROZENSET:
+        return frozenset(inner())
+    if code == EXT_BLOB:
+        return _decode_blob(inner(), region)
+    if code == EXT_ARRAY:
+        dtype, shape, raw = inner()
+        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+    if code == EXT_NPSCALAR:
+        dtype, raw = inner()
+        return np.frombuffer(raw, dtype=np.dtype(dtype))[0]
+    if code == EXT_DATETIME:
+        return _dt.datetime.fromisoformat(inner()[0])
+    if code == EXT_DATE:
+        return _dt.date.fromisoformat(inner()[0])
+    if code == EXT_TIME:
+        return _dt.time.fromisoformat(inner()[0])
+    if code == EXT_TIMEDELTA:
+        return _dt.timedelta(*inner())
+    if code == EXT_UUID:
+        return uuid.UUID(bytes=data)
+    if code == EXT_DECIMAL:
+        return decimal.Decimal(data.decode())
+    if code == EXT_BIGINT:
+        return int.from_bytes(data, "little", signed=True)
+    if code == EXT_BYTEARRAY:
+        return bytearray(data)
+    if code == EXT_MEMORYVIEW:
+        return memoryview(data)
+    if code == EXT_OBJECT:
+        name, value = inner()
+        return _codec_named(name).decode(value)
+    if code == EXT_PICKLE:
+        if not allow_pickle:
+            raise SerializationError("stored state holds a pickled object; restore with allow_pickle=True to load it")
+        return pickle.loads(data)
+    raise SerializationError(f"stored state holds unknown extension type {code}")
+
+
+def _decode_blob(ref: list, region: memoryview) -> Any:
+    offset, nbytes, kind, meta = ref
+    if offset < 0 or nbytes < 0 or offset + nbytes > len(region):
+        raise SerializationError(f"blob reference [{offset}, +{nbytes}) lies outside the {len(region)}-byte blob region")
+    view = region[offset:offset + nbytes]
+    if kind == BLOB_ARRAY:
+        dtype, shape = meta
+        return np.frombuffer(view, dtype=np.dtype(dtype)).reshape(shape)
+    if kind == BLOB_STR:
+        return str(view, "utf-8")
+    if kind == BLOB_BYTES:
+        return bytes(view)
+    if kind == BLOB_BYTEARRAY:
+        return bytearray(view)
+    if kind == BLOB_MEMORYVIEW:
+        return memoryview(bytes(view))
+    raise SerializationError(f"unknown blob kind {kind}")
+
+
+def _codec_named(name: str) -> _Codec:
+    codec = _BY_NAME.get(name)
+    if codec is not None:
+        return codec
+    module, _, qualname = name.partition(":")
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if isinstance(obj, type) and (dataclasses.is_dataclass(obj) or _is_pydantic(obj)):
+        register_codec(obj)
+        return _BY_NAME[name]
+    raise SerializationError(
+        f"stored state holds a {name!r} object; import its module or register it with casstore.register_codec")
+
+
+def _fields_of(obj: Any) -> dict:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {name: getattr(obj, name) for name in type(obj).model_fields}
+
+
+def _build(cls: type, fields: dict) -> Any:
+    if _is_pydantic(cls):
+        return cls.model_construct(**fields)
+    obj = cls.__new__(cls)
+    for k, v in fields.items():
+        object.__setattr__(obj, k, v)
+    return obj
+
+
+def _is_pydantic(cls: type) -> bool:
+    return hasattr(cls, "model_fields") and hasattr(cls, "model_construct")
+
+
+def _stable_order(items: Any) -> list:
+    try:
+        return sorted(items)
+    except TypeError:
+        return list(items)

@@ -1,0 +1,83 @@
+"""Chunk compression: zstd, with a byte-shuffle filter for numeric rows, or raw.
+
+A chunk is stored raw when zstd does not make it smaller, so incompressible
+data (hashes, random floats) costs no decompression time. Numeric array
+blocks are byte-shuffled first (all first bytes of each element, then all
+second bytes, ...), as Blosc does: the exponent bytes of floats then line up
+and zstd finds them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import zstandard
+
+from .errors import IntegrityError
+
+RAW = 0
+ZSTD = 1
+ZSTD_SHUFFLE = 2
+
+MAX_CHUNK = 64 << 20  # no chunk is larger; a header claiming more is refused
+
+
+class Codec:
+    """Thread-safe compress/decompress; zstd contexts are kept per thread."""
+
+    def __init__(self, level: int = 3):
+        self.level = level
+        self._local = threading.local()
+
+    def _ctx(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ctx = (zstandard.ZstdCompressor(level=self.level), zstandard.ZstdDecompressor())
+            self._local.ctx = ctx
+        return ctx
+
+    def compress(self, data: memoryview, itemsize: int = 0) -> tuple[int, bytes | memoryview]:
+        """Return (method, stored bytes) for one chunk."""
+        comp = self._ctx()[0]
+        if itemsize > 1 and len(data) % itemsize == 0 and len(data) >= 256:
+            out = comp.compress(shuffle(data, itemsize))
+            method = ZSTD_SHUFFLE
+        else:
+            out = comp.compress(data)
+            method = ZSTD
+        if len(out) >= len(data):
+            return RAW, data
+        return method, out
+
+    def decompress(self, method: int, stored: bytes | memoryview, raw_len: int, itemsize: int = 0) -> bytes | memoryview:
+        """Inverse of compress; refuses outputs that differ from raw_len (bomb guard)."""
+        if raw_len > MAX_CHUNK:
+            raise IntegrityError(f"chunk claims {raw_len} bytes, above the {MAX_CHUNK}-byte bound")
+        if method == RAW:
+            if len(stored) != raw_len:
+                raise IntegrityError(f"raw chunk is {len(stored)} bytes, expected {raw_len}")
+            return stored
+        if method not in (ZSTD, ZSTD_SHUFFLE):
+            raise IntegrityError(f"unknown compression method {method}")
+        try:
+            out = self._ctx()[1].decompress(stored, max_output_size=raw_len)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"zstd frame does not decode: {e}") from e
+        if len(out) != raw_len:
+            raise IntegrityError(f"chunk decompressed to {len(out)} bytes, expected {raw_len}")
+        if method == ZSTD_SHUFFLE:
+            return unshuffle(out, itemsize)
+        return out
+
+
+def shuffle(data: memoryview, itemsize: int) -> bytes:
+    a = np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)
+    return a.T.tobytes()
+
+
+def unshuffle(data: bytes, itemsize: int) -> bytes:
+    if itemsize <= 1 or len(data) % itemsize:
+        raise IntegrityError(f"shuffled chunk of {len(data)} bytes does not split into {itemsize}-byte items")
+    a = np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1)
+    return a.T.tobytes()

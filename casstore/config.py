@@ -1,0 +1,74 @@
+"""Repository config (the `config` object) and where a store's settings come from."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+
+import msgpack
+
+from .chunker import BLOB_CDC, STRUCTURE_CDC, CDCParams
+from .errors import ConfigurationError
+
+FORMAT_VERSION = 1
+DEFAULT_REPO = ".casstore"
+ENV_REPO = "CASSTORE_REPO"
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """What a reader must know to interpret the repository; written once at init."""
+
+    repo_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    format: int = FORMAT_VERSION
+    hash: str = "blake3"
+    compression: str = "zstd"
+    structure_cdc: CDCParams = STRUCTURE_CDC
+    blob_cdc: CDCParams = BLOB_CDC
+    encryption: str | None = None
+
+    def encode(self) -> bytes:
+        return msgpack.packb({
+            "format": self.format, "id": self.repo_id, "hash": self.hash, "compression": self.compression,
+            "chunker": {"structure": self.structure_cdc.to_dict(), "blob": self.blob_cdc.to_dict()},
+            "encryption": self.encryption,
+        }, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes, where: str) -> "RepoConfig":
+        try:
+            d = msgpack.unpackb(data, raw=False)
+            cfg = cls(repo_id=str(d["id"]), format=int(d["format"]), hash=d["hash"], compression=d["compression"],
+                      structure_cdc=CDCParams.from_dict(d["chunker"]["structure"]),
+                      blob_cdc=CDCParams.from_dict(d["chunker"]["blob"]), encryption=d.get("encryption"))
+        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
+            raise ConfigurationError(f"{where}: repository config is unreadable: {e}") from e
+        if cfg.format != FORMAT_VERSION:
+            raise ConfigurationError(f"{where}: repository format {cfg.format} is not supported (this casstore reads {FORMAT_VERSION})")
+        if cfg.hash != "blake3" or cfg.compression != "zstd":
+            raise ConfigurationError(f"{where}: unsupported hash {cfg.hash!r} or compression {cfg.compression!r}")
+        if cfg.encryption:
+            raise ConfigurationError(f"{where}: repository is encrypted with {cfg.encryption!r}, which this version cannot open")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "id": self.repo_id, "hash": self.hash, "compression": self.compression,
+                "chunker": {"structure": self.structure_cdc.to_dict(), "blob": self.blob_cdc.to_dict()},
+                "encryption": self.encryption}
+
+
+def resolve_url(url: str | None) -> tuple[str, str]:
+    """The repository URL and where it came from: argument, $CASSTORE_REPO or default."""
+    if url:
+        return str(url), "argument"
+    if os.environ.get(ENV_REPO):
+        return os.environ[ENV_REPO], f"env {ENV_REPO}"
+    return DEFAULT_REPO, "default"
+
+
+def cache_dir() -> str:
+    """Per-user cache root for indexes of remote repositories."""
+    base = os.environ.get("CASSTORE_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "casstore") if not os.environ.get("CASSTORE_CACHE_DIR") else base

@@ -1,0 +1,247 @@
+"""LMDB index: chunk locations, snapshot summaries and lineages.
+
+Databases in one LMDB environment:
+
+* ``chunks``:  chunk or node hash (32) -> location, packed like a pack trailer
+  entry with the pack id in place of the chunk hash (48 bytes).
+* ``packs``:   pack id (32) -> size (u64), entry count (u32).
+* ``snaps``:   snapshot id (32) -> the manifest's fields (msgpack).
+* ``lineage``: agent \\0 session \\0 position (u64 BE) snapshot id -> b"", so a
+  prefix scan lists a lineage in order.
+* ``meta``:    small bookkeeping values.
+
+Everything here can be rebuilt from the packs and manifests in storage. One
+snapshot is committed in one write transaction; LMDB's own lock serialises
+writers across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import lmdb
+import msgpack
+
+from ..errors import ConfigurationError, StorageError
+from ..pack import ENTRY, PackEntry
+
+MAP_SIZE = 1 << 38
+_PACK = struct.Struct("<QI")
+_POS = struct.Struct(">Q")
+
+_ENVS: dict[str, tuple[lmdb.Environment, int]] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Location:
+    pack: bytes
+    kind: int
+    method: int
+    itemsize: int
+    offset: int
+    stored_len: int
+    raw_len: int
+
+
+def _open_env(path: str) -> lmdb.Environment:
+    """LMDB forbids opening one environment twice in a process, so share it."""
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        env, refs = _ENVS.get(key, (None, 0))
+        if env is None:
+            os.makedirs(key, exist_ok=True)
+            try:
+                env = lmdb.open(key, map_size=MAP_SIZE, max_dbs=8, sync=True, metasync=True, max_readers=256)
+            except lmdb.Error as e:
+                raise StorageError(f"cannot open the index at {key}: {e}") from e
+        _ENVS[key] = (env, refs + 1)
+        return env
+
+
+def _release_env(path: str) -> None:
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        env, refs = _ENVS.get(key, (None, 0))
+        if env is None:
+            return
+        if refs <= 1:
+            del _ENVS[key]
+            env.close()
+        else:
+            _ENVS[key] = (env, refs - 1)
+
+
+def lineage_prefix(agent_id: str | None, session_id: str | None = None) -> bytes:
+    if agent_id is None:
+        return b""
+    p = _name(agent_id, "agent_id") + b"\0"
+    return p if session_id is None else p + _name(session_id, "session_id") + b"\0"
+
+
+def _name(value: str, what: str) -> bytes:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ConfigurationError(f"{what} must be a non-empty string without NUL characters, got {value!r}")
+    return value.encode("utf-8")
+
+
+class Index:
+    """Typed access to the LMDB environment at path."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.env = _open_env(path)
+        self._chunks = self.env.open_db(b"chunks")
+        self._packs = self.env.open_db(b"packs")
+        self._snaps = self.env.open_db(b"snaps")
+        self._lineage = self.env.open_db(b"lineage")
+        self._meta = self.env.open_db(b"meta")
+
+    def close(self) -> None:
+        if self.env is not None:
+            _release_env(self.path)
+            self.env = None
+
+    # chunks -------------------------------------------------------------
+    def missing(self, hashes: Iterable[bytes]) -> set[bytes]:
+        with self.env.begin(db=self._chunks) as txn:
+            return {h for h in hashes if txn.get(h) is None}
+
+    def locate(self, hashes: Iterable[bytes]) -> dict[bytes, Location]:
+        out = {}
+        with self.env.begin(db=self._chunks) as txn:
+            for h in hashes:
+                raw = txn.get(h)
+                if raw is not None:
+                    out[h] = Location(*ENTRY.unpack(raw))
+        return out
+
+    def iter_chunks(self) -> Iterator[tuple[bytes, Location]]:
+        with self.env.begin(db=self._chunks) as txn:
+            for k, v in txn.cursor():
+                yield bytes(k), Location(*ENTRY.unpack(v))
+
+    def chunk_count(self) -> int:
+        with self.env.begin() as txn:
+            return txn.stat(self._chunks)["entries"]
+
+    # packs --------------------------------------------------------------
+    def packs(self) -> dict[bytes, tuple[int, int]]:
+        with self.env.begin(db=self._packs) as txn:
+            return {bytes(k): _PACK.unpack(v) for k, v in txn.cursor()}
+
+    def has_pack(self, pack_id: bytes) -> bool:
+        with self.env.begin(db=self._packs) as txn:
+            return txn.get(pack_id) is not None
+
+    def _put_pack(self, txn: lmdb.Transaction, pack_id: bytes, size: int, entries: list[PackEntry]) -> None:
+        txn.put(pack_id, _PACK.pack(size, len(entries)), db=self._packs)
+        for e in entries:
+            txn.put(e.hash, ENTRY.pack(pack_id, e.kind, e.method, e.itemsize, e.offset, e.stored_len, e.raw_len),
+                    db=self._chunks)
+
+    def add_packs(self, packs: list[tuple[bytes, int, list[PackEntry]]]) -> None:
+        with self.env.begin(write=True) as txn:
+            for pack_id, size, entries in packs:
+                self._put_pack(txn, pack_id, size, entries)
+
+    def remove_packs(self, pack_ids: Iterable[bytes]) -> None:
+        """Forget packs and every chunk location that points into them."""
+        doomed = set(pack_ids)
+        with self.env.begin(write=True) as txn:
+            cur = txn.cursor(db=self._chunks)
+            for k, v in cur:
+                if v[:32] in doomed:
+                    txn.delete(k, db=self._chunks)
+            for p in doomed:
+                txn.delete(p, db=self._packs)
+
+    # snapshots ----------------------------------------------------------
+    def commit(self, packs: list[tuple[bytes, int, list[PackEntry]]], snapshots: list[tuple[bytes, dict]]) -> None:
+        """Record new packs and snapshots in one transaction."""
+        with self.env.begin(write=True) as txn:
+            for pack_id, size, entries in packs:
+                self._put_pack(txn, pack_id, size, entries)
+            for snap_id, fields in snapshots:
+                txn.put(snap_id, msgpack.packb(fields, use_bin_type=True), db=self._snaps)
+                txn.put(_lineage_key(fields, snap_id), b"", db=self._lineage)
+
+    def snapshot(self, snap_id: bytes) -> dict | None:
+        with self.env.begin(db=self._snaps) as txn:
+            raw = txn.get(snap_id)
+        return None if raw is None else msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+    def has_snapshot(self, snap_id: bytes) -> bool:
+        with self.env.begin(db=self._snaps) as txn:
+            return txn.get(snap_id) is not None
+
+    def snapshot_ids(self) -> list[bytes]:
+        with self.env.begin(db=self._snaps) as txn:
+            return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+
+    def ids_with_prefix(self, prefix: bytes) -> list[bytes]:
+        """Snapshot ids starting with prefix (bytes of whole hex digit pairs)."""
+        out = []
+        with self.env.begin(db=self._snaps) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k in cur.iternext(keys=True, values=False):
+                    if not k.startswith(prefix):
+                        break
+                    out.append(bytes(k))
+        return out
+
+    def lineage(self, agent_id: str | None = None, session_id: str | None = None) -> list[tuple[bytes, dict]]:
+        prefix = lineage_prefix(agent_id, session_id)
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._lineage)
+            if cur.set_range(prefix):
+                for k in cur.iternext(keys=True, values=False):
+                    if not k.startswith(prefix):
+                        break
+                    sid = bytes(k[-32:])
+                    raw = txn.get(sid, db=self._snaps)
+                    if raw is not None:
+                        out.append((sid, msgpack.unpackb(raw, raw=False, strict_map_key=False)))
+        return out
+
+    def head(self, agent_id: str, session_id: str) -> tuple[bytes, dict] | None:
+        """The latest snapshot of a lineage: highest position, then newest time."""
+        rows = self.lineage(agent_id, session_id)
+        if not rows:
+            return None
+        return max(rows, key=lambda r: (r[1]["index"], r[1]["time"]))
+
+    def remove_snapshots(self, snap_ids: Iterable[bytes]) -> None:
+        with self.env.begin(write=True) as txn:
+            for sid in snap_ids:
+                raw = txn.get(sid, db=self._snaps)
+                if raw is None:
+                    continue
+                fields = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+                txn.delete(_lineage_key(fields, sid), db=self._lineage)
+                txn.delete(sid, db=self._snaps)
+
+    # meta ---------------------------------------------------------------
+    def get_meta(self, key: str) -> bytes | None:
+        with self.env.begin(db=self._meta) as txn:
+            v = txn.get(key.encode())
+        return None if v is None else bytes(v)
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        with self.env.begin(write=True, db=self._meta) as txn:
+            txn.put(key.encode(), value)
+
+    def clear(self) -> None:
+        with self.env.begin(write=True) as txn:
+            for db in (self._chunks, self._packs, self._snaps, self._lineage, self._meta):
+                txn.drop(db, delete=False)
+
+
+def _lineage_key(fields: dict, snap_id: bytes) -> bytes:
+    return lineage_prefix(fields["agent"], fields["session"]) + _POS.pack(fields["index"]) + snap_id

@@ -1,0 +1,60 @@
+"""Snapshot manifests: the one object whose existence makes a snapshot exist.
+
+A manifest is a msgpack map; the snapshot id is the BLAKE3 hash of its bytes
+and it names its parent's id, so each lineage is a hash chain. It is small
+and constant-size: the chunk list lives in the chunk tree (see tree.py),
+and the manifest holds only the tree's root.
+
+Fields: v (format), kind ("state" | "dir"), agent, session, parent (32 bytes
+or nil), index (position in the lineage), time (UNIX seconds), desc, meta
+(user metadata), root (32-byte tree root = Merkle root), height (tree
+levels), raw (logical bytes), struct (bytes of the structure stream; blobs
+follow it), chunks (data chunks), new_chunks, stored (new bytes written).
+"""
+
+from __future__ import annotations
+
+import blake3
+import msgpack
+
+from .errors import IntegrityError, SerializationError
+
+VERSION = 1
+MAX_MANIFEST = 16 << 20
+KINDS = ("state", "dir")
+_REQUIRED = {"v": int, "kind": str, "agent": str, "session": str, "index": int, "time": float,
+             "root": bytes, "height": int, "raw": int, "struct": int, "chunks": int}
+
+
+def encode(fields: dict) -> tuple[bytes, bytes]:
+    """Return (snapshot id, manifest bytes)."""
+    try:
+        data = msgpack.packb(fields, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise SerializationError(f"snapshot metadata must be plain msgpack data (dict, list, str, numbers): {e}") from e
+    return blake3.blake3(data).digest(), data
+
+
+def decode(data: bytes, snap_id: bytes | None = None) -> dict:
+    """Parse and validate a manifest; with snap_id, check it hashes to that id."""
+    name = snap_id.hex() if snap_id else "manifest"
+    if len(data) > MAX_MANIFEST:
+        raise IntegrityError(f"snapshot {name}: manifest of {len(data)} bytes exceeds the {MAX_MANIFEST}-byte bound")
+    if snap_id is not None and blake3.blake3(data).digest() != snap_id:
+        raise IntegrityError(f"snapshot {name}: manifest does not hash to its id")
+    try:
+        fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as e:
+        raise IntegrityError(f"snapshot {name}: manifest does not decode: {e}") from e
+    if not isinstance(fields, dict):
+        raise IntegrityError(f"snapshot {name}: manifest is not a map")
+    for key, typ in _REQUIRED.items():
+        if not isinstance(fields.get(key), typ):
+            raise IntegrityError(f"snapshot {name}: manifest field {key!r} is missing or not a {typ.__name__}")
+    if fields["v"] != VERSION or fields["kind"] not in KINDS:
+        raise IntegrityError(f"snapshot {name}: unsupported manifest version {fields['v']} / kind {fields['kind']!r}")
+    if len(fields["root"]) != 32 or not (fields.get("parent") is None or len(fields["parent"]) == 32):
+        raise IntegrityError(f"snapshot {name}: root or parent is not a 32-byte hash")
+    if not 0 <= fields["struct"] <= fields["raw"]:
+        raise IntegrityError(f"snapshot {name}: structure length {fields['struct']} exceeds raw size {fields['raw']}")
+    return fields

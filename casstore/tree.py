@@ -1,0 +1,185 @@
+"""The chunk tree: a content-defined Merkle tree over a snapshot's chunk list.
+
+A snapshot's chunks (hash, raw length) are grouped into leaf nodes, cut after
+any entry whose hash has its low FANOUT_BITS bits zero (about 16 entries a
+node), then the node hashes are grouped the same way, level by level, up to
+one root. Because cuts depend only on content, consecutive snapshots share
+every node but the path to what changed: a chat step rewrites a few hundred
+bytes of tree, not a list of every chunk (as prolly trees and Xet's
+aggregated hashes do). The root hash is the snapshot's Merkle root, and the
+same nodes give inclusion proofs.
+
+Node bytes: b"T", level (u8), count (u16 LE), then count x (32-byte hash,
+u64 LE size); size is a chunk's raw length at level 0, a subtree's raw bytes
+above.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import blake3
+
+from .errors import IntegrityError
+
+FANOUT_BITS = 4
+MAX_FANOUT = 64
+MAX_HEIGHT = 16
+_HEAD = struct.Struct("<cBH")
+_ITEM = struct.Struct("<32sQ")
+_MASK = (1 << FANOUT_BITS) - 1
+
+Entry = tuple[bytes, int]
+
+
+def encode_node(level: int, entries: list[Entry]) -> bytes:
+    return _HEAD.pack(b"T", level, len(entries)) + b"".join(_ITEM.pack(h, s) for h, s in entries)
+
+
+def decode_node(data: bytes | memoryview, expect_level: int | None = None) -> tuple[int, list[Entry]]:
+    if len(data) < _HEAD.size:
+        raise IntegrityError("tree node is shorter than its header")
+    tag, level, count = _HEAD.unpack_from(data, 0)
+    if tag != b"T" or len(data) != _HEAD.size + count * _ITEM.size or count > MAX_FANOUT:
+        raise IntegrityError(f"tree node header does not match its {len(data)} bytes")
+    if expect_level is not None and level != expect_level:
+        raise IntegrityError(f"tree node at level {level}, expected {expect_level}")
+    return level, [_ITEM.unpack_from(data, _HEAD.size + i * _ITEM.size) for i in range(count)]
+
+
+def node_hash(data: bytes) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+def build(entries: list[Entry]) -> tuple[bytes, int, list[tuple[bytes, bytes]]]:
+    """Return (root hash, height, [(node hash, node bytes)]) for a chunk list."""
+    nodes: list[tuple[bytes, bytes]] = []
+    level, current = 0, entries
+    while True:
+        groups = _split(current)
+        parents = []
+        for group in groups:
+            data = encode_node(level, group)
+            h = node_hash(data)
+            nodes.append((h, data))
+            parents.append((h, sum(s for _, s in group)))
+        if len(parents) == 1:
+            return parents[0][0], level + 1, nodes
+        level, current = level + 1, parents
+
+
+def _split(entries: list[Entry]) -> list[list[Entry]]:
+    if not entries:
+        return [[]]
+    groups, start = [], 0
+    for i, (h, _) in enumerate(entries):
+        if h[0] & _MASK == 0 or i + 1 - start == MAX_FANOUT:
+            groups.append(entries[start:i + 1])
+            start = i + 1
+    if start < len(entries):
+        groups.append(entries[start:])
+    return groups
+
+
+FetchNodes = Callable[[list[bytes]], dict[bytes, bytes]]
+
+
+def walk_levels(root: bytes, height: int, fetch: FetchNodes) -> list[list[tuple[bytes, list[Entry]]]]:
+    """Read the whole tree, top level first: levels[i] = [(node hash, entries)] in order."""
+    if not 1 <= height <= MAX_HEIGHT:
+        raise IntegrityError(f"tree height {height} is outside 1..{MAX_HEIGHT}")
+    levels = []
+    hashes = [root]
+    for level in range(height - 1, -1, -1):
+        data = fetch(list(dict.fromkeys(hashes)))
+        row = []
+        for h in hashes:
+            raw = data[h]
+            if node_hash(raw) != h:
+                raise IntegrityError(f"tree node {h.hex()} does not match its hash")
+            row.append((h, decode_node(raw, level)[1]))
+        levels.append(row)
+        hashes = [c for _, entries in row for c, _ in entries]
+    return levels
+
+
+def leaf_entries(root: bytes, height: int, fetch: FetchNodes) -> list[Entry]:
+    """The snapshot's chunk list, in order."""
+    return [e for _, entries in walk_levels(root, height, fetch)[-1] for e in entries]
+
+
+def node_hashes(root: bytes, height: int, fetch: FetchNodes) -> list[bytes]:
+    return [h for row in walk_levels(root, height, fetch) for h, _ in row]
+
+
+@dataclass(frozen=True)
+class Proof:
+    """Inclusion proof: for each level from the leaf up, the node's entries and the position taken."""
+
+    chunk: str
+    steps: tuple[tuple[int, int, tuple[tuple[str, int], ...]], ...]  # (level, position, entries)
+
+    def to_dict(self) -> dict:
+        return {"chunk": self.chunk,
+                "steps": [{"level": lv, "position": p, "entries": [[h, s] for h, s in es]} for lv, p, es in self.steps]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Proof":
+        steps = tuple((int(s["level"]), int(s["position"]), tuple((str(h), int(n)) for h, n in s["entries"]))
+                      for s in d["steps"])
+        return cls(str(d["chunk"]), steps)
+
+
+def prove(root: bytes, height: int, fetch: FetchNodes, chunk: bytes) -> Proof | None:
+    """Proof that chunk is in the tree, or None when it is not."""
+    levels = walk_levels(root, height, fetch)
+    by_hash = {h: entries for row in levels for h, entries in row}
+
+    def search(h: bytes, level: int) -> list | None:
+        entries = by_hash[h]
+        for pos, (child, _) in enumerate(entries):
+            if level == 0:
+                if child == chunk:
+                    return [(0, pos, entries)]
+            else:
+                found = search(child, level - 1)
+                if found is not None:
+                    return found + [(level, pos, entries)]
+        return None
+
+    path = search(root, height - 1)
+    if path is None:
+        return None
+    steps = tuple((lv, pos, tuple((h.hex(), s) for h, s in es)) for lv, pos, es in path)
+    return Proof(chunk.hex(), steps)
+
+
+def verify_proof(proof: Proof | dict, root: str | bytes) -> bool:
+    """Check an inclusion proof against a Merkle root, with nothing but the proof."""
+    try:
+        if isinstance(proof, dict):
+            proof = Proof.from_dict(proof)
+        want = root if isinstance(root, bytes) else bytes.fromhex(root)
+        current = bytes.fromhex(proof.chunk)
+        for expect_level, (level, pos, entries) in enumerate(proof.steps):
+            if level != expect_level or not 0 <= pos < len(entries):
+                return False
+            decoded = [(bytes.fromhex(h), s) for h, s in entries]
+            if decoded[pos][0] != current:
+                return False
+            current = node_hash(encode_node(level, decoded))
+        return bool(proof.steps) and current == want
+    except (ValueError, KeyError, TypeError, struct.error):
+        return False
+
+
+def chunk_positions(entries: Iterable[Entry]) -> list[int]:
+    """Byte offset of each entry in the concatenated stream (plus the total at the end)."""
+    out, pos = [], 0
+    for _, s in entries:
+        out.append(pos)
+        pos += s
+    out.append(pos)
+    return out
