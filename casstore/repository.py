@@ -1,0 +1,382 @@
+"""The repository: the write path and the read path over backend, packs and index.
+
+Write: cut each stream into chunks -> BLAKE3 -> ask the index which are new
+-> compress the new ones on a thread pool -> pack them with the new tree
+nodes -> put the packs -> put the manifest -> commit the index in one LMDB
+transaction. The manifest is written only after every pack it needs is
+durable, so a crash leaves at most unreferenced packs (which gc removes).
+
+Read: tree nodes -> chunk locations -> ranged pack reads (adjacent chunks
+coalesced, fetched in parallel) -> decompress -> BLAKE3 check -> copy into
+place. A chunk that does not match its hash raises IntegrityError.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import blake3
+
+from . import manifest, tree
+from .backend import Backend
+from .chunker import Chunker
+from .compress import Codec
+from .config import RepoConfig, cache_dir
+from .errors import ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError
+from .index import Index, Location
+from .pack import FOOTER_SIZE, KIND_DATA, KIND_NODE, PackEntry, PackWriter, parse_footer, parse_trailer
+
+CONFIG_KEY = "config"
+PACK_TARGET = 16 << 20      # close a pack once it holds this many stored bytes
+COALESCE_GAP = 256 << 10    # read across gaps up to this size rather than issue another request
+MAX_READ = 16 << 20         # ...but keep one ranged read below this size
+NODE_CACHE = 16384          # tree nodes kept in memory (~10 MB at most)
+
+
+def pack_key(pack_id: bytes) -> str:
+    h = pack_id.hex()
+    return f"packs/{h[:2]}/{h}"
+
+
+def manifest_key(snap_id: bytes) -> str:
+    h = snap_id.hex()
+    return f"snapshots/{h[:2]}/{h}"
+
+
+@dataclass
+class Stream:
+    """One byte stream of a snapshot and how to cut it.
+
+    A stream known to be unchanged since an earlier snapshot may give its
+    chunk list as `entries` instead of data; write() then checks the chunks
+    are still stored and raises ReuseError if not, so the caller re-reads.
+    """
+
+    data: memoryview | None
+    row_bytes: int = 0
+    itemsize: int = 0
+    structure: bool = False
+    entries: list[tree.Entry] | None = None
+
+
+class ReuseError(Exception):
+    """A stream's reused chunk list names chunks the repository no longer holds."""
+
+
+class Repository:
+    """Packs, manifests and the index of one repository."""
+
+    def __init__(self, backend: Backend, *, index_path: str | None = None, compression_level: int = 3,
+                 create: bool = True, workers: int | None = None):
+        self.backend = backend
+        self.config = self._load_or_create_config(create)
+        self.chunker = Chunker(self.config.structure_cdc, self.config.blob_cdc)
+        self.codec = Codec(compression_level)
+        self.index_path = index_path or self._default_index_path()
+        self.index = Index(self.index_path)
+        self.pool = ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 2),
+                                       thread_name_prefix="casstore")
+        self._lock = threading.RLock()
+        self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
+        if self.index.get_meta("repo_id") not in (None, self.config.repo_id.encode()):
+            raise ConfigurationError(f"index at {self.index_path} belongs to another repository; delete it or pass index_path")
+        self.index.set_meta("repo_id", self.config.repo_id.encode())
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.index.close()
+        self.backend.close()
+
+    # config -------------------------------------------------------------
+    def _load_or_create_config(self, create: bool) -> RepoConfig:
+        try:
+            return RepoConfig.decode(self.backend.get(CONFIG_KEY), self.backend.url)
+        except ObjectNotFoundError:
+            if not create:
+                raise ConfigurationError(f"no casstore repository at {self.backend.url} (run `casstore init`)") from None
+        cfg = RepoConfig()
+        if not self.backend.put_if_absent(CONFIG_KEY, cfg.encode()):
+            return RepoConfig.decode(self.backend.get(CONFIG_KEY), self.backend.url)
+        return cfg
+
+    def _default_index_path(self) -> str:
+        if self.backend.is_local:
+            return os.path.join(self.backend.local_path, "index")
+        return os.path.join(cache_dir(), self.config.repo_id, "index")
+
+    # write path ---------------------------------------------------------
+    def write(self, kind: str, streams: list[Stream], *, agent_id: str, session_id: str,
+              description: str | None, metadata: dict | None, parent: bytes | None | str = "head") -> tuple[bytes, dict]:
+        """Store one snapshot made of streams (structure first, never reused); return (id, manifest fields)."""
+        entries, chunks = self._chunk_streams(streams)
+        with self._lock:
+            missing = self.index.missing(h for h, _ in entries)
+            if not missing.issubset(chunks):
+                raise ReuseError(f"{len(missing - chunks.keys())} reused chunks are no longer stored")
+            todo = [(h, *chunks[h]) for h in dict.fromkeys(h for h, _ in entries) if h in missing]
+            root, height, nodes = tree.build(entries)
+            new_nodes = self.index.missing(h for h, _ in nodes)
+            packs = self._pack(todo, [(h, d) for h, d in nodes if h in new_nodes])
+            self.backend.put_many([(pack_key(pid), data) for pid, data, _ in packs])
+            if parent == "head":
+                head = self.index.head(agent_id, session_id)
+                parent_id, index = (head[0], head[1]["index"] + 1) if head else (None, 0)
+            else:
+                parent_id, index = parent, 0
+            fields = {
+                "v": manifest.VERSION, "kind": kind, "agent": agent_id, "session": session_id,
+                "parent": parent_id, "index": index, "time": time.time(), "desc": description,
+                "meta": metadata or {}, "root": root, "height": height,
+                "raw": sum(s for _, s in entries), "struct": len(streams[0].data),
+                "chunks": len(entries), "new_chunks": len(todo),
+                "stored": sum(len(data) for _, data, _ in packs),
+            }
+            snap_id, data = manifest.encode(fields)
+            self.backend.put(manifest_key(snap_id), data)
+            self.index.commit([(pid, len(d), ents) for pid, d, ents in packs], [(snap_id, fields)])
+            return snap_id, fields
+
+    def _chunk_streams(self, streams: list[Stream]) -> tuple[list[tree.Entry], dict[bytes, tuple]]:
+        entries: list[tree.Entry] = []
+        chunks: dict[bytes, tuple] = {}
+        for s in streams:
+            if s.entries is not None:
+                entries.extend(s.entries)
+                continue
+            spans = self.chunker.cut_structure(s.data) if s.structure else self.chunker.cut_blob(s.data, s.row_bytes)
+            for off, n in spans:
+                view = s.data[off:off + n]
+                h = blake3.blake3(view).digest()
+                entries.append((h, n))
+                if h not in chunks:
+                    chunks[h] = (view, s.itemsize)
+        return entries, chunks
+
+    def _pack(self, todo: list[tuple[bytes, memoryview, int]], nodes: list[tuple[bytes, bytes]]
+              ) -> list[tuple[bytes, bytes, list[PackEntry]]]:
+        """Compress new chunks (in parallel) and nodes into packs of about PACK_TARGET bytes."""
+        jobs = [(h, KIND_DATA, view, itemsize) for h, view, itemsize in todo]
+        jobs += [(h, KIND_NODE, memoryview(d), 0) for h, d in nodes]
+        if not jobs:
+            return []
+
+        def compress(job: tuple) -> tuple:
+            h, kind, view, itemsize = job
+            method, stored = self.codec.compress(view, itemsize)
+            return h, kind, method, itemsize, stored, len(view)
+
+        results = list(self.pool.map(compress, jobs)) if len(jobs) > 4 else [compress(j) for j in jobs]
+        packs, writer = [], PackWriter()
+        for h, kind, method, itemsize, stored, raw_len in results:
+            writer.add(h, kind, method, itemsize, stored, raw_len)
+            if writer.size >= PACK_TARGET:
+                packs.append(writer.finalize())
+                writer = PackWriter()
+        if len(writer):
+            packs.append(writer.finalize())
+        return packs
+
+    # read path ----------------------------------------------------------
+    def fetch_nodes(self, hashes: list[bytes]) -> dict[bytes, bytes]:
+        out = {}
+        wanted = []
+        for h in hashes:
+            data = self._nodes.get(h)
+            if data is None:
+                wanted.append(h)
+            else:
+                out[h] = data
+        if wanted:
+            got: dict[bytes, bytes] = {}
+            self._load(wanted, lambda h, data: got.__setitem__(h, bytes(data)))
+            with self._lock:
+                for h, data in got.items():
+                    self._nodes[h] = data
+                while len(self._nodes) > NODE_CACHE:
+                    self._nodes.popitem(last=False)
+            out.update(got)
+        return out
+
+    def entries(self, fields: dict) -> list[tree.Entry]:
+        return tree.leaf_entries(fields["root"], fields["height"], self.fetch_nodes)
+
+    def read(self, fields: dict, start: int = 0, end: int | None = None,
+             entries: list[tree.Entry] | None = None) -> bytearray:
+        """The snapshot's logical bytes [start, end): structure stream, then blobs."""
+        entries = self.entries(fields) if entries is None else entries
+        end = fields["raw"] if end is None else end
+        out = bytearray(end - start)
+        view = memoryview(out)
+        places: dict[bytes, list[tuple[int, int, int]]] = defaultdict(list)  # hash -> [(dst, src_from, src_to)]
+        pos = 0
+        for h, n in entries:
+            lo, hi = max(pos, start), min(pos + n, end)
+            if lo < hi:
+                places[h].append((lo - start, lo - pos, hi - pos))
+            pos += n
+            if pos >= end:
+                break
+        if pos < end and end > fields["raw"]:
+            raise IntegrityError(f"snapshot holds {pos} bytes, fewer than the {end} requested")
+
+        def sink(h: bytes, data: memoryview) -> None:
+            for dst, a, b in places[h]:
+                view[dst:dst + b - a] = data[a:b]
+
+        self._load(list(places), sink)
+        return out
+
+    def _load(self, hashes: list[bytes], sink: Callable[[bytes, memoryview], None]) -> None:
+        """Fetch, verify and decompress chunks, grouped into coalesced ranged reads."""
+        locs = self.index.locate(hashes)
+        if len(locs) < len(hashes):
+            self.sync()
+            locs = self.index.locate(hashes)
+        lost = [h for h in hashes if h not in locs]
+        if lost:
+            raise IntegrityError(f"chunk {lost[0].hex()} (and {len(lost) - 1} more) is not in any known pack")
+        by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
+        for h, loc in locs.items():
+            by_pack[loc.pack].append((h, loc))
+        ranges = []
+        for pack_id, items in by_pack.items():
+            items.sort(key=lambda it: it[1].offset)
+            group = [items[0]]
+            for it in items[1:]:
+                last = group[-1][1]
+                if (it[1].offset - (last.offset + last.stored_len) <= COALESCE_GAP
+                        and it[1].offset + it[1].stored_len - group[0][1].offset <= MAX_READ):
+                    group.append(it)
+                else:
+                    ranges.append((pack_id, group))
+                    group = [it]
+            ranges.append((pack_id, group))
+
+        def work(job: tuple[bytes, list[tuple[bytes, Location]]]) -> None:
+            pack_id, group = job
+            base = group[0][1].offset
+            end = group[-1][1].offset + group[-1][1].stored_len
+            buf = memoryview(self.backend.get_range(pack_key(pack_id), base, end))
+            for h, loc in group:
+                stored = buf[loc.offset - base:loc.offset - base + loc.stored_len]
+                data = self.codec.decompress(loc.method, stored, loc.raw_len, loc.itemsize)
+                if blake3.blake3(data).digest() != h:
+                    raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()} does not match its hash")
+                sink(h, memoryview(data))
+
+        if len(ranges) == 1:
+            work(ranges[0])
+        else:
+            for f in [self.pool.submit(work, r) for r in ranges]:
+                f.result()
+
+    # snapshots ----------------------------------------------------------
+    def resolve(self, ref: str | bytes) -> bytes:
+        """A full snapshot id from an id or unique hex prefix (syncs once if unknown)."""
+        for attempt in range(2):
+            ids = self._candidates(ref)
+            if len(ids) == 1:
+                return ids[0]
+            if len(ids) > 1:
+                shown = ", ".join(i.hex()[:16] for i in ids[:5])
+                raise SnapshotNotFoundError(f"snapshot prefix {_show(ref)!r} is ambiguous: matches {shown}")
+            if attempt == 0:
+                self.sync()
+        raise SnapshotNotFoundError(f"no snapshot {_show(ref)!r} in {self.backend.url}")
+
+    def _candidates(self, ref: str | bytes) -> list[bytes]:
+        if isinstance(ref, bytes):
+            return [ref] if self.index.has_snapshot(ref) else []
+        ref = ref.strip().lower()
+        if not ref or len(ref) > 64 or any(c not in "0123456789abcdef" for c in ref):
+            raise SnapshotNotFoundError(f"{ref!r} is not a snapshot id (hex digits)")
+        ids = self.index.ids_with_prefix(bytes.fromhex(ref[: len(ref) // 2 * 2]))
+        return [i for i in ids if i.hex().startswith(ref)]
+
+    def fields(self, snap_id: bytes) -> dict:
+        f = self.index.snapshot(snap_id)
+        if f is None:
+            raise SnapshotNotFoundError(f"no snapshot {snap_id.hex()} in {self.backend.url}")
+        return f
+
+    def load_manifest(self, snap_id: bytes) -> dict:
+        return manifest.decode(self.backend.get(manifest_key(snap_id)), snap_id)
+
+    def delete_snapshots(self, snap_ids: Iterable[bytes]) -> None:
+        ids = list(snap_ids)
+        for sid in ids:
+            self.backend.delete(manifest_key(sid))
+        self.index.remove_snapshots(ids)
+
+    # index maintenance --------------------------------------------------
+    def sync(self) -> tuple[int, int]:
+        """Learn snapshots and packs that others wrote; return (new snapshots, new packs)."""
+        known_packs = self.index.packs()
+        new_packs = [k for k in self.backend.list("packs/") if _key_id(k) not in known_packs]
+        packs = self._read_trailers(new_packs)
+        known = set(self.index.snapshot_ids())
+        new_snaps = [k for k in self.backend.list("snapshots/") if _key_id(k) not in known]
+        snaps = self._read_manifests(new_snaps)
+        if packs or snaps:
+            self.index.commit(packs, snaps)
+        return len(snaps), len(packs)
+
+    def rebuild_index(self) -> tuple[int, int]:
+        """Drop the index and rebuild it from packs and manifests alone."""
+        with self._lock:
+            self.index.clear()
+            self.index.set_meta("repo_id", self.config.repo_id.encode())
+            self._nodes.clear()
+            return self.sync()
+
+    def _read_trailers(self, keys: list[str]) -> list[tuple[bytes, int, list[PackEntry]]]:
+        def one(key: str) -> tuple[bytes, int, list[PackEntry]] | None:
+            pack_id = _key_id(key)
+            if pack_id is None:
+                return None
+            try:
+                return (pack_id, *read_pack_trailer(self.backend, key))
+            except (IntegrityError, ObjectNotFoundError):
+                return None   # a damaged or vanished pack: verify reports it, sync skips it
+        return [r for r in self.pool.map(one, keys) if r is not None]
+
+    def _read_manifests(self, keys: list[str]) -> list[tuple[bytes, dict]]:
+        def one(key: str) -> tuple[bytes, dict] | None:
+            sid = _key_id(key)
+            if sid is None:
+                return None
+            try:
+                return sid, manifest.decode(self.backend.get(key), sid)
+            except (IntegrityError, ObjectNotFoundError):
+                return None
+        return [r for r in self.pool.map(one, keys) if r is not None]
+
+
+def read_pack_trailer(backend: Backend, key: str) -> tuple[int, list[PackEntry]]:
+    """(pack size, entries) from the pack's footer and trailer, with bounds checks."""
+    size = backend.size(key)
+    if size < FOOTER_SIZE:
+        raise IntegrityError(f"pack {key} is {size} bytes, smaller than a footer")
+    trailer_len = parse_footer(backend.get_range(key, size - FOOTER_SIZE, size), size)
+    trailer = backend.get_range(key, size - FOOTER_SIZE - trailer_len, size - FOOTER_SIZE)
+    return size, parse_trailer(trailer, size)
+
+
+def _key_id(key: str) -> bytes | None:
+    name = key.rsplit("/", 1)[-1]
+    try:
+        raw = bytes.fromhex(name)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+def _show(ref: str | bytes) -> str:
+    return ref.hex() if isinstance(ref, bytes) else str(ref)
+

@@ -1,0 +1,202 @@
+"""The public API: a Store snapshots and restores agent state."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import codec
+from .backend import Backend
+from .config import resolve_url
+from .errors import ConfigurationError, SnapshotNotFoundError
+from .repository import Repository, Stream
+
+log = logging.getLogger("casstore")
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What the index knows of one snapshot."""
+
+    id: str
+    agent_id: str
+    session_id: str
+    parent: str | None
+    index: int
+    timestamp: float
+    description: str | None
+    metadata: dict
+    root: str
+    raw_size: int
+    stored_size: int
+    chunk_count: int
+    new_chunk_count: int
+    kind: str = "state"
+
+    @property
+    def time(self) -> _dt.datetime:
+        return _dt.datetime.fromtimestamp(self.timestamp, tz=_dt.timezone.utc)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_fields(cls, snap_id: bytes, f: dict) -> "SnapshotInfo":
+        return cls(id=snap_id.hex(), agent_id=f["agent"], session_id=f["session"],
+                   parent=f["parent"].hex() if f.get("parent") else None, index=f["index"], timestamp=f["time"],
+                   description=f.get("desc"), metadata=f.get("meta") or {}, root=f["root"].hex(),
+                   raw_size=f["raw"], stored_size=f.get("stored", 0), chunk_count=f["chunks"],
+                   new_chunk_count=f.get("new_chunks", 0), kind=f["kind"])
+
+
+@dataclass(frozen=True)
+class Stats:
+    snapshots: int
+    logical_bytes: int
+    stored_bytes: int
+    chunks: int
+    packs: int
+    dedup_ratio: float = field(default=0.0)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class Store:
+    """A casstore repository: snapshot, restore, list, verify, prove, gc."""
+
+    def __init__(self, repo: Repository):
+        self._repo = repo
+
+    @property
+    def url(self) -> str:
+        return self._repo.backend.url
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._repo.close()
+
+    # writing ------------------------------------------------------------
+    def snapshot(self, state: Any, agent_id: str = "default", session_id: str = "default", *,
+                 description: str | None = None, metadata: dict | None = None,
+                 allow_pickle: bool = False) -> SnapshotInfo:
+        """Store state; only chunks the repository lacks are written."""
+        started = time.perf_counter()
+        structure, blobs = codec.encode(state, allow_pickle=allow_pickle)
+        streams = [Stream(memoryview(structure), structure=True)]
+        streams += [Stream(b.data, b.row_bytes, b.itemsize) for b in blobs]
+        snap_id, fields = self._repo.write("state", streams, agent_id=agent_id, session_id=session_id,
+                                           description=description, metadata=metadata)
+        info = SnapshotInfo.from_fields(snap_id, fields)
+        _log_op("snapshot", info, started)
+        return info
+
+    # reading ------------------------------------------------------------
+    def restore(self, id: str | None = None, *, agent_id: str | None = None, session_id: str | None = None,
+                allow_pickle: bool = False) -> Any:
+        """The state of a snapshot, by id (or unique prefix) or the latest of a lineage."""
+        started = time.perf_counter()
+        snap_id, fields = self._pick(id, agent_id, session_id)
+        if fields["kind"] != "state":
+            raise ConfigurationError(f"snapshot {snap_id.hex()} is a directory snapshot; use restore_dir")
+        data = self._repo.read(fields)
+        view = memoryview(data)
+        state = codec.decode(view[:fields["struct"]], view[fields["struct"]:], allow_pickle=allow_pickle)
+        _log_op("restore", SnapshotInfo.from_fields(snap_id, fields), started)
+        return state
+
+    def get_metadata(self, id: str) -> SnapshotInfo:
+        sid = self._repo.resolve(id)
+        return SnapshotInfo.from_fields(sid, self._repo.fields(sid))
+
+    def exists(self, id: str) -> bool:
+        try:
+            self._repo.resolve(id)
+            return True
+        except SnapshotNotFoundError:
+            return False
+
+    def list(self, agent_id: str | None = None, session_id: str | None = None) -> list[SnapshotInfo]:
+        """Snapshots, oldest first, optionally of one agent or one lineage."""
+        if session_id is not None and agent_id is None:
+            raise ConfigurationError("session_id needs agent_id")
+        if not self._repo.backend.is_local:
+            self._repo.sync()
+        rows = self._repo.index.lineage(agent_id, session_id)
+        infos = [SnapshotInfo.from_fields(sid, f) for sid, f in rows]
+        return sorted(infos, key=lambda i: (i.timestamp, i.index))
+
+    def chunks(self, id: str) -> list[str]:
+        """The snapshot's data chunk hashes (hex), in order."""
+        sid = self._repo.resolve(id)
+        return [h.hex() for h, _ in self._repo.entries(self._repo.fields(sid))]
+
+    def delete(self, id: str) -> None:
+        """Remove one snapshot's manifest; its chunks go at the next gc."""
+        self._repo.delete_snapshots([self._repo.resolve(id)])
+
+    def sync(self) -> int:
+        """Learn snapshots other machines wrote to the same storage; returns how many were new."""
+        return self._repo.sync()[0]
+
+    def index_rebuild(self) -> int:
+        """Rebuild the local index from packs and manifests; returns the snapshot count."""
+        self._repo.rebuild_index()
+        return len(self._repo.index.snapshot_ids())
+
+    def stats(self) -> Stats:
+        rows = self._repo.index.lineage()
+        logical = sum(f["raw"] for _, f in rows)
+        packs = self._repo.index.packs()
+        stored = sum(size for size, _ in packs.values())
+        return Stats(snapshots=len(rows), logical_bytes=logical, stored_bytes=stored,
+                     chunks=self._repo.index.chunk_count(), packs=len(packs),
+                     dedup_ratio=logical / stored if stored else 0.0)
+
+    def _pick(self, id: str | None, agent_id: str | None, session_id: str | None) -> tuple[bytes, dict]:
+        if id is not None:
+            sid = self._repo.resolve(id)
+            return sid, self._repo.fields(sid)
+        if agent_id is None:
+            raise ConfigurationError("restore needs a snapshot id or an agent_id")
+        rows = [r for r in self._repo.index.lineage(agent_id, session_id)]
+        if not rows and not self._repo.backend.is_local:
+            self._repo.sync()
+            rows = self._repo.index.lineage(agent_id, session_id)
+        if not rows:
+            where = agent_id if session_id is None else f"{agent_id}/{session_id}"
+            raise SnapshotNotFoundError(f"no snapshot for {where} in {self.url}")
+        return max(rows, key=lambda r: (r[1]["time"], r[1]["index"]))
+
+
+def open(url: str | None = None, *, storage_options: dict | None = None, index_path: str | None = None,
+         compression_level: int = 3, create: bool = True) -> Store:
+    """Open (or create) the repository at url: None means $CASSTORE_REPO, else ./.casstore."""
+    if not 1 <= compression_level <= 22:
+        raise ConfigurationError(f"compression_level must be 1..22, got {compression_level}")
+    resolved, _ = resolve_url(url)
+    backend = Backend(resolved, storage_options)
+    try:
+        return Store(Repository(backend, index_path=index_path, compression_level=compression_level, create=create))
+    except BaseException:
+        backend.close()
+        raise
+
+
+def _log_op(op: str, info: SnapshotInfo, started: float) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s %s", op, info.id[:12], extra={"casstore": {
+            "op": op, "id": info.id, "raw_size": info.raw_size, "stored_size": info.stored_size,
+            "chunks": info.chunk_count, "new_chunks": info.new_chunk_count,
+            "seconds": round(time.perf_counter() - started, 6)}})
