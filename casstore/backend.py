@@ -183,6 +183,9 @@ class Backend:
             raise ConfigurationError("storage URL is empty")
         options = dict(storage_options or {})
         shown = redact_url(url)
+        s3 = _protocol_of(url) in ("s3", "s3a")
+        if s3:
+            options = _single_attempt_sdk(options)
         try:
             fs, root = url_to_fs(url, **options)
         except ImportError as exc:
@@ -197,6 +200,14 @@ class Backend:
                 f"cannot open storage {shown!r}: {type(exc).__name__}"
             ) from None
 
+        if s3 and type(fs).__module__.startswith("s3fs"):
+            fs.retries = 1  # this class retries; nested loops would multiply attempts
+            # A whole-object get is one GET, not a HEAD first to plan parallel parts.
+            self._get_kwargs: dict = {"max_concurrency": 1}
+            self._s3 = True
+        else:
+            self._get_kwargs = {}
+            self._s3 = False
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
         self.fs = fs
         self.is_local: bool = "file" in protocols or "local" in protocols
@@ -331,7 +342,7 @@ class Backend:
         path = self._path(key)
         if self.is_local:
             return self._run("get", key, "get", lambda: _local_read(path))
-        return self._run("get", key, "get", lambda: self.fs.cat_file(path))
+        return self._run("get", key, "get", lambda: self.fs.cat_file(path, **self._get_kwargs))
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of the object; StorageError if fewer bytes exist."""
@@ -380,6 +391,10 @@ class Backend:
                 if not _stat_is_file(st):
                     raise FileNotFoundError(errno.ENOENT, "not a file", path)
                 return st.st_size
+            if self._s3:
+                # One HEAD; fs.info would add a LIST on a miss to look for a "folder".
+                bucket, name, _ = self.fs.split_path(path)
+                return int(self.fs.call_s3("head_object", Bucket=bucket, Key=name)["ContentLength"])
             info = self.fs.info(path)
             if info.get("type") != "file":
                 raise FileNotFoundError(errno.ENOENT, "not a file", path)
@@ -471,8 +486,24 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}{f' [{code}]' if code else ''}: {text}"
 
 
+def _protocol_of(url: str) -> str:
+    """The (innermost) protocol of an fsspec URL; "file" for a plain path."""
+    if "://" not in url:
+        return "file"
+    return url.split("://", 1)[0].split("::")[-1].lower()
+
+
+def _single_attempt_sdk(options: dict) -> dict:
+    """botocore retries throttling and 5xx on its own (5 attempts, slow backoff);
+    Backend retries every request itself, so turn botocore's loop off unless the
+    caller configured it explicitly."""
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
+    return {**options, "config_kwargs": config}
+
+
 def _missing_driver_message(url: str, shown: str) -> str:
-    protocol = url.split("://", 1)[0].split("::")[-1].lower()
+    protocol = _protocol_of(url)
     package = _DRIVER_PACKAGES.get(protocol)
     if package is None:
         try:
