@@ -1,0 +1,350 @@
+"""Backend: the same byte-object contract on a local folder, memory:// and a real S3 API."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+import pytest
+
+from casstore import backend as backend_module
+from casstore.backend import Backend, is_transient, redact_url, with_retries
+from casstore.errors import ConfigurationError, ObjectNotFoundError, StorageError
+from tests.s3server import s3_proxy, s3_proxy_url, s3_server, s3_url  # noqa: F401 - fixtures
+
+SECRET = "Sup3rS3cretValue"
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def store(request, tmp_path):
+    """A Backend on a fresh, empty root of each kind."""
+    if request.param == "local":
+        b = Backend(str(tmp_path / "repo"))
+    elif request.param == "memory":
+        b = Backend(f"memory://casstore-test-{uuid.uuid4().hex}")
+    else:
+        server = request.getfixturevalue("s3_server")
+        b = Backend(request.getfixturevalue("s3_url"), server.storage_options)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def proxied(s3_proxy, s3_proxy_url):
+    """A Backend that reaches S3 through the fault proxy (SDK retries off)."""
+    b = Backend(s3_proxy_url, s3_proxy.storage_options, retries=3)
+    yield b
+    b.close()
+
+
+# --------------------------------------------------------------------------- contract
+
+
+def test_put_get_size_exists_round_trip(store):
+    store.put("config", b"cfg-v1")
+    store.put("packs/ab/abcdef", bytearray(b"\x00\x01" * 1000))
+    store.put("snapshots/12/1234", memoryview(b"xxmanifestxx")[2:-2])
+    assert store.get("config") == b"cfg-v1"
+    assert store.get("packs/ab/abcdef") == b"\x00\x01" * 1000
+    assert store.get("snapshots/12/1234") == b"manifest"
+    assert store.size("packs/ab/abcdef") == 2000
+    assert store.exists("config") and not store.exists("nope")
+    assert not store.exists("packs")  # a "folder" is not an object
+    store.put("config", b"cfg-v2")
+    assert store.get("config") == b"cfg-v2"
+    store.put("empty", b"")
+    assert store.get("empty") == b"" and store.size("empty") == 0
+
+
+def test_get_range_and_get_ranges_keep_request_order(store):
+    data = bytes(range(256)) * 40
+    store.put("packs/00/p", data)
+    store.put("packs/01/q", b"0123456789")
+    assert store.get_range("packs/00/p", 10, 20) == data[10:20]
+    assert store.get_range("packs/00/p", 5, 5) == b""
+    requests = [("packs/00/p", i * 100, i * 100 + 37) for i in range(30)] + [("packs/01/q", 3, 7)]
+    assert store.get_ranges(requests) == [data[s:e] for _, s, e in requests[:-1]] + [b"3456"]
+    with pytest.raises(StorageError, match="short read"):
+        store.get_range("packs/01/q", 5, 50)
+    with pytest.raises(ObjectNotFoundError):
+        store.get_ranges([("packs/01/q", 0, 1), ("packs/ff/missing", 0, 1)])
+
+
+def test_list_is_recursive_sorted_and_relative(store):
+    for key in ["snapshots/12/1234", "packs/ab/abc2", "packs/ab/abc1", "packs/cd/cd00", "config"]:
+        store.put(key, b"x")
+    assert store.list("packs") == ["packs/ab/abc1", "packs/ab/abc2", "packs/cd/cd00"]
+    assert store.list("packs/") == store.list("packs")
+    assert store.list("packs/ab") == ["packs/ab/abc1", "packs/ab/abc2"]
+    assert store.list("") == sorted(["snapshots/12/1234", "packs/ab/abc2", "packs/ab/abc1",
+                                     "packs/cd/cd00", "config"])
+    assert store.list("locks") == []
+    assert store.list("config") == ["config"]
+
+
+def test_delete_removes_and_missing_is_fine(store):
+    store.put("locks/a", b"1")
+    store.delete("locks/a")
+    store.delete("locks/a")
+    store.delete("never/was")
+    assert not store.exists("locks/a")
+    assert store.list("locks") == []
+
+
+def test_put_many_writes_everything(store):
+    items = [(f"packs/{i:02x}/{i:064x}", os.urandom(100 + i)) for i in range(40)]
+    store.put_many(items)
+    assert store.list("packs") == sorted(k for k, _ in items)
+    assert store.get_ranges([(k, 0, len(v)) for k, v in items]) == [v for _, v in items]
+
+
+def test_put_if_absent_writes_once(store):
+    assert store.put_if_absent("locks/exclusive", b"first") is True
+    assert store.put_if_absent("locks/exclusive", b"second") is False
+    assert store.get("locks/exclusive") == b"first"
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_put_if_absent_race_has_one_winner(kind, tmp_path, request):
+    if kind == "local":
+        b = Backend(str(tmp_path / "repo"))
+    else:
+        b = Backend(request.getfixturevalue("s3_url"), request.getfixturevalue("s3_server").storage_options)
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def contender(i: int) -> None:
+        barrier.wait()
+        results.append(b.put_if_absent("locks/race", f"owner-{i}".encode()))
+
+    threads = [threading.Thread(target=contender, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert b.get("locks/race").startswith(b"owner-")
+
+
+def test_missing_object_raises_not_found_naming_the_url(store):
+    with pytest.raises(ObjectNotFoundError) as info:
+        store.get("snapshots/ab/missing")
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, StorageError)
+    assert store.object_url("snapshots/ab/missing") in str(info.value)
+    with pytest.raises(ObjectNotFoundError, match="snapshots/ab/missing"):
+        store.size("snapshots/ab/missing")
+    with pytest.raises(ObjectNotFoundError):
+        store.get_range("snapshots/ab/missing", 0, 1)
+
+
+def test_invalid_keys_are_rejected(store):
+    for key in ["", "/abs", "a/../b", "a//b", "dir/"]:
+        with pytest.raises(ValueError):
+            store.put(key, b"x")
+
+
+# --------------------------------------------------------------------------- local specifics
+
+
+def test_local_put_is_atomic_and_temp_files_are_never_listed(tmp_path, monkeypatch):
+    b = Backend(str(tmp_path / "repo"))
+    b.put("packs/ab/abc", b"old")
+    # An in-flight put: the temp file exists next to the target, not yet renamed.
+    tmp = backend_module._write_temp(os.path.join(b.local_path, "packs", "ab", "abd"), b"partial")
+    assert os.path.basename(tmp).startswith(".")
+    assert b.list("") == ["packs/ab/abc"]
+    os.unlink(tmp)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(backend_module.os, "replace", broken_replace)
+    with pytest.raises(StorageError, match="put .*packs/ab/abc"):
+        b.put("packs/ab/abc", b"new")
+    monkeypatch.undo()
+    assert b.get("packs/ab/abc") == b"old"  # the old object survives whole
+    assert os.listdir(tmp_path / "repo" / "packs" / "ab") == ["abc"]  # temp cleaned up
+
+
+def test_local_put_fsyncs_file_and_directory(tmp_path, monkeypatch):
+    b = Backend(str(tmp_path / "repo"))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(backend_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    b.put("packs/ab/abc", b"data")
+    assert len(synced) >= 2  # the file's data, then the directory entry
+
+
+def test_concurrent_reader_sees_whole_objects(tmp_path):
+    b = Backend(str(tmp_path / "repo"))
+    versions = [b"a" * 200_000, b"b" * 300_000]
+    b.put("config", versions[0])
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            b.put("config", versions[i % 2])
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(200):
+            assert b.get("config") in versions
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_plain_and_file_urls_are_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rel = Backend("rel/repo")
+    assert rel.is_local and rel.local_path == str(tmp_path / "rel" / "repo")
+    url = Backend(f"file://{tmp_path}/repo2")
+    assert url.is_local and url.local_path == str(tmp_path / "repo2")
+    mem = Backend("memory://x")
+    assert not mem.is_local and mem.local_path is None
+
+
+def test_memory_backends_on_one_url_share_data():
+    url = f"memory://shared-{uuid.uuid4().hex}"
+    Backend(url).put("config", b"c")
+    assert Backend(url).get("config") == b"c"
+
+
+# --------------------------------------------------------------------------- URLs and secrets
+
+
+def test_unknown_protocol_and_missing_driver_are_configuration_errors():
+    with pytest.raises(ConfigurationError, match="nosuchproto"):
+        Backend("nosuchproto://bucket/x")
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigurationError, match="gcsfs"):
+            Backend("gcs://bucket/x")
+
+
+def test_redact_url_strips_credentials():
+    assert redact_url("s3://AKIA:secret@bucket/p") == "s3://bucket/p"
+    assert redact_url("https://u:p@host/x?sig=abc") == "https://host/x?<redacted>"
+    assert redact_url("/plain/path") == "/plain/path"
+
+
+def test_credentials_never_appear_in_repr_or_errors(s3_proxy, s3_proxy_url):
+    options = s3_proxy.storage_options
+    options["secret"] = SECRET  # wrong secret: requests are refused, nothing may echo it
+    b = Backend(s3_proxy_url, options, retries=0)
+    assert SECRET not in repr(b) and SECRET not in str(b) and SECRET not in b.url
+    with pytest.raises(StorageError) as info:
+        b.get("config")
+    assert SECRET not in str(info.value) and s3_proxy_url in str(info.value)
+    mem = Backend(f"memory://user:{SECRET}@host/repo")
+    assert SECRET not in repr(mem)
+    with pytest.raises(ObjectNotFoundError) as info:
+        mem.get("config")
+    assert SECRET not in str(info.value)
+
+
+# --------------------------------------------------------------------------- faults on S3
+
+
+def test_requests_per_operation_are_minimal(proxied, s3_proxy):
+    s3_proxy.reset_counts()
+    proxied.put("packs/ab/abc", b"x" * 1000)
+    proxied.get("packs/ab/abc")
+    proxied.get_range("packs/ab/abc", 10, 20)
+    proxied.exists("packs/ab/abc")
+    proxied.exists("packs/ab/nope")
+    proxied.list("packs")
+    proxied.put_if_absent("locks/l", b"1")
+    proxied.delete("locks/l")
+    assert dict(s3_proxy.counts) == {"PUT": 2, "GET": 2, "HEAD": 2, "LIST": 1, "DELETE": 1}
+    assert proxied.stats == {"put": 2, "get": 2, "head": 2, "list": 1, "delete": 1}
+
+
+def test_retries_succeed_after_two_503s(proxied, s3_proxy):
+    proxied.put("config", b"cfg")
+    s3_proxy.reset_counts()
+    s3_proxy.fail_next(2)
+    assert proxied.get("config") == b"cfg"
+    assert s3_proxy.counts["GET"] == 3
+    s3_proxy.fail_next(2, methods={"PUT"})
+    proxied.put("packs/ab/abc", b"payload")
+    assert s3_proxy.counts["PUT"] == 3
+    assert proxied.get("packs/ab/abc") == b"payload"
+
+
+def test_retries_survive_connection_resets_and_truncated_bodies(proxied, s3_proxy):
+    data = os.urandom(50_000)
+    proxied.put("packs/ab/abc", data)
+    s3_proxy.reset_next(1)
+    assert proxied.get("packs/ab/abc") == data
+    s3_proxy.truncate_next(1)
+    assert proxied.get("packs/ab/abc") == data
+    s3_proxy.reset_next(1, methods={"PUT"})
+    proxied.put("packs/ab/abd", data)
+    assert proxied.get_range("packs/ab/abd", 100, 200) == data[100:200]
+
+
+def test_permanent_failure_raises_storage_error_naming_the_url(proxied, s3_proxy, s3_proxy_url):
+    proxied.put("config", b"cfg")
+    s3_proxy.reset_counts()
+    s3_proxy.fail_always()
+    with pytest.raises(StorageError) as info:
+        proxied.get("config")
+    assert f"{s3_proxy_url}/config" in str(info.value) and "get" in str(info.value)
+    assert info.value.__cause__ is not None
+    assert s3_proxy.counts["GET"] == 1 + proxied.retries
+    s3_proxy.clear()
+    s3_proxy.reset_counts()
+    s3_proxy.fail_always(status=403, code="AccessDenied")
+    with pytest.raises(StorageError, match="config"):
+        proxied.get("config")
+    assert s3_proxy.counts["GET"] == 1  # permission errors are not retried
+
+
+# --------------------------------------------------------------------------- retry policy
+
+
+def test_retry_policy_classifies_failures():
+    assert is_transient(ConnectionResetError())
+    assert is_transient(TimeoutError())
+    assert is_transient(OSError(5, "I/O error"))
+    assert not is_transient(FileNotFoundError())
+    assert not is_transient(PermissionError())
+    assert not is_transient(IsADirectoryError())
+    assert not is_transient(ValueError("bug"))
+
+    class ClientError(Exception):
+        def __init__(self, code):
+            super().__init__(code)
+            self.response = {"Error": {"Code": code}}
+
+    assert is_transient(ClientError("SlowDown")) and is_transient(ClientError("503"))
+    assert not is_transient(ClientError("AccessDenied"))
+
+
+def test_with_retries_stops_after_the_budget():
+    calls, sleeps = [], []
+
+    def flaky():
+        calls.append(1)
+        raise ConnectionResetError("reset")
+
+    with pytest.raises(ConnectionResetError):
+        with_retries(flaky, retries=5, sleep=sleeps.append)
+    assert len(calls) == 6 and len(sleeps) == 5
+    assert all(0 <= s <= 2.0 for s in sleeps)
+
+    calls.clear()
+
+    def missing():
+        calls.append(1)
+        raise FileNotFoundError("x")
+
+    with pytest.raises(FileNotFoundError):
+        with_retries(missing, retries=5, sleep=sleeps.append)
+    assert len(calls) == 1
