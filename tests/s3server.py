@@ -244,8 +244,8 @@ class FaultProxy:
         self._server.daemon_threads = True
         host, port = self._server.server_address[:2]
         self.endpoint_url = f"http://{host}:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="s3-fault-proxy")
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True, name="s3-fault-proxy")
         self._thread.start()
         return self
 

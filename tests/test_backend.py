@@ -1,4 +1,8 @@
-"""Backend: the same byte-object contract on a local folder, memory:// and a real S3 API."""
+"""Backend: the same byte-object contract on a local folder, memory:// and a real S3 API.
+
+The S3 fixtures (s3_server, s3_url, s3_proxy, s3_proxy_url) come from tests/s3server.py,
+loaded by conftest.py through `pytest_plugins = ["tests.s3server"]`.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,12 @@ import pytest
 from casstore import backend as backend_module
 from casstore.backend import Backend, is_transient, redact_url, with_retries
 from casstore.errors import ConfigurationError, ObjectNotFoundError, StorageError
-from tests.s3server import s3_proxy, s3_proxy_url, s3_server, s3_url  # noqa: F401 - fixtures
 
 SECRET = "Sup3rS3cretValue"
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
-def store(request, tmp_path):
+def backend(request, tmp_path):
     """A Backend on a fresh, empty root of each kind."""
     if request.param == "local":
         b = Backend(str(tmp_path / "repo"))
@@ -41,68 +44,68 @@ def proxied(s3_proxy, s3_proxy_url):
 # --------------------------------------------------------------------------- contract
 
 
-def test_put_get_size_exists_round_trip(store):
-    store.put("config", b"cfg-v1")
-    store.put("packs/ab/abcdef", bytearray(b"\x00\x01" * 1000))
-    store.put("snapshots/12/1234", memoryview(b"xxmanifestxx")[2:-2])
-    assert store.get("config") == b"cfg-v1"
-    assert store.get("packs/ab/abcdef") == b"\x00\x01" * 1000
-    assert store.get("snapshots/12/1234") == b"manifest"
-    assert store.size("packs/ab/abcdef") == 2000
-    assert store.exists("config") and not store.exists("nope")
-    assert not store.exists("packs")  # a "folder" is not an object
-    store.put("config", b"cfg-v2")
-    assert store.get("config") == b"cfg-v2"
-    store.put("empty", b"")
-    assert store.get("empty") == b"" and store.size("empty") == 0
+def test_put_get_size_exists_round_trip(backend):
+    backend.put("config", b"cfg-v1")
+    backend.put("packs/ab/abcdef", bytearray(b"\x00\x01" * 1000))
+    backend.put("snapshots/12/1234", memoryview(b"xxmanifestxx")[2:-2])
+    assert backend.get("config") == b"cfg-v1"
+    assert backend.get("packs/ab/abcdef") == b"\x00\x01" * 1000
+    assert backend.get("snapshots/12/1234") == b"manifest"
+    assert backend.size("packs/ab/abcdef") == 2000
+    assert backend.exists("config") and not backend.exists("nope")
+    assert not backend.exists("packs")  # a "folder" is not an object
+    backend.put("config", b"cfg-v2")
+    assert backend.get("config") == b"cfg-v2"
+    backend.put("empty", b"")
+    assert backend.get("empty") == b"" and backend.size("empty") == 0
 
 
-def test_get_range_and_get_ranges_keep_request_order(store):
+def test_get_range_and_get_ranges_keep_request_order(backend):
     data = bytes(range(256)) * 40
-    store.put("packs/00/p", data)
-    store.put("packs/01/q", b"0123456789")
-    assert store.get_range("packs/00/p", 10, 20) == data[10:20]
-    assert store.get_range("packs/00/p", 5, 5) == b""
+    backend.put("packs/00/p", data)
+    backend.put("packs/01/q", b"0123456789")
+    assert backend.get_range("packs/00/p", 10, 20) == data[10:20]
+    assert backend.get_range("packs/00/p", 5, 5) == b""
     requests = [("packs/00/p", i * 100, i * 100 + 37) for i in range(30)] + [("packs/01/q", 3, 7)]
-    assert store.get_ranges(requests) == [data[s:e] for _, s, e in requests[:-1]] + [b"3456"]
+    assert backend.get_ranges(requests) == [data[s:e] for _, s, e in requests[:-1]] + [b"3456"]
     with pytest.raises(StorageError, match="short read"):
-        store.get_range("packs/01/q", 5, 50)
+        backend.get_range("packs/01/q", 5, 50)
     with pytest.raises(ObjectNotFoundError):
-        store.get_ranges([("packs/01/q", 0, 1), ("packs/ff/missing", 0, 1)])
+        backend.get_ranges([("packs/01/q", 0, 1), ("packs/ff/missing", 0, 1)])
 
 
-def test_list_is_recursive_sorted_and_relative(store):
+def test_list_is_recursive_sorted_and_relative(backend):
     for key in ["snapshots/12/1234", "packs/ab/abc2", "packs/ab/abc1", "packs/cd/cd00", "config"]:
-        store.put(key, b"x")
-    assert store.list("packs") == ["packs/ab/abc1", "packs/ab/abc2", "packs/cd/cd00"]
-    assert store.list("packs/") == store.list("packs")
-    assert store.list("packs/ab") == ["packs/ab/abc1", "packs/ab/abc2"]
-    assert store.list("") == sorted(["snapshots/12/1234", "packs/ab/abc2", "packs/ab/abc1",
+        backend.put(key, b"x")
+    assert backend.list("packs") == ["packs/ab/abc1", "packs/ab/abc2", "packs/cd/cd00"]
+    assert backend.list("packs/") == backend.list("packs")
+    assert backend.list("packs/ab") == ["packs/ab/abc1", "packs/ab/abc2"]
+    assert backend.list("") == sorted(["snapshots/12/1234", "packs/ab/abc2", "packs/ab/abc1",
                                      "packs/cd/cd00", "config"])
-    assert store.list("locks") == []
-    assert store.list("config") == ["config"]
+    assert backend.list("locks") == []
+    assert backend.list("config") == ["config"]
 
 
-def test_delete_removes_and_missing_is_fine(store):
-    store.put("locks/a", b"1")
-    store.delete("locks/a")
-    store.delete("locks/a")
-    store.delete("never/was")
-    assert not store.exists("locks/a")
-    assert store.list("locks") == []
+def test_delete_removes_and_missing_is_fine(backend):
+    backend.put("locks/a", b"1")
+    backend.delete("locks/a")
+    backend.delete("locks/a")
+    backend.delete("never/was")
+    assert not backend.exists("locks/a")
+    assert backend.list("locks") == []
 
 
-def test_put_many_writes_everything(store):
+def test_put_many_writes_everything(backend):
     items = [(f"packs/{i:02x}/{i:064x}", os.urandom(100 + i)) for i in range(40)]
-    store.put_many(items)
-    assert store.list("packs") == sorted(k for k, _ in items)
-    assert store.get_ranges([(k, 0, len(v)) for k, v in items]) == [v for _, v in items]
+    backend.put_many(items)
+    assert backend.list("packs") == sorted(k for k, _ in items)
+    assert backend.get_ranges([(k, 0, len(v)) for k, v in items]) == [v for _, v in items]
 
 
-def test_put_if_absent_writes_once(store):
-    assert store.put_if_absent("locks/exclusive", b"first") is True
-    assert store.put_if_absent("locks/exclusive", b"second") is False
-    assert store.get("locks/exclusive") == b"first"
+def test_put_if_absent_writes_once(backend):
+    assert backend.put_if_absent("locks/exclusive", b"first") is True
+    assert backend.put_if_absent("locks/exclusive", b"second") is False
+    assert backend.get("locks/exclusive") == b"first"
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -127,21 +130,21 @@ def test_put_if_absent_race_has_one_winner(kind, tmp_path, request):
     assert b.get("locks/race").startswith(b"owner-")
 
 
-def test_missing_object_raises_not_found_naming_the_url(store):
+def test_missing_object_raises_not_found_naming_the_url(backend):
     with pytest.raises(ObjectNotFoundError) as info:
-        store.get("snapshots/ab/missing")
+        backend.get("snapshots/ab/missing")
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, StorageError)
-    assert store.object_url("snapshots/ab/missing") in str(info.value)
+    assert backend.object_url("snapshots/ab/missing") in str(info.value)
     with pytest.raises(ObjectNotFoundError, match="snapshots/ab/missing"):
-        store.size("snapshots/ab/missing")
+        backend.size("snapshots/ab/missing")
     with pytest.raises(ObjectNotFoundError):
-        store.get_range("snapshots/ab/missing", 0, 1)
+        backend.get_range("snapshots/ab/missing", 0, 1)
 
 
-def test_invalid_keys_are_rejected(store):
+def test_invalid_keys_are_rejected(backend):
     for key in ["", "/abs", "a/../b", "a//b", "dir/"]:
         with pytest.raises(ValueError):
-            store.put(key, b"x")
+            backend.put(key, b"x")
 
 
 # --------------------------------------------------------------------------- local specifics
