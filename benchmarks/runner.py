@@ -1,0 +1,190 @@
+"""Drive several tools in lockstep over one workload and turn timings into result rows.
+
+Every tool snapshots the very same state at each step (the workload is
+generated once), then restores a sample of its snapshots (first, middle, last),
+which are checked against copies kept at those steps. A tool that fails is
+reported with its reason; the others carry on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .baselines import ToolUnavailable
+from .casstore_tool import MISSING, describe
+from .harness import Context, dir_bytes, median, p95, ratio, states_equal, timed, trees_equal
+
+
+@dataclass
+class Lane:
+    """One tool's progress through a workload."""
+
+    name: str
+    dir: Path
+    tool: Any = None
+    status: str = "ok"
+    ids: list[str] = field(default_factory=list)
+    raw: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    extras: list[dict[str, Any]] = field(default_factory=list)
+    restore_times: list[float] = field(default_factory=list)
+    restore_ok: bool | None = None
+    mismatch: str | None = None
+    error_trace: str | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, ToolUnavailable):
+            self.status = str(exc) if str(exc) == "not installed" else f"unavailable: {exc}"
+        elif isinstance(exc, MISSING):
+            self.status = f"unavailable: {describe(exc)}"
+        else:
+            self.status = f"error: {describe(exc)}"
+            self.error_trace = traceback.format_exc()[-3000:]
+        _close(self)
+
+
+def _close(lane: Lane) -> None:
+    if lane.tool is not None:
+        try:
+            lane.tool.close()
+        except Exception:
+            pass
+        lane.tool = None
+
+
+def open_lanes(ctx: Context, bench: str, factories: dict[str, Callable[[Path], Any]]) -> list[Lane]:
+    lanes = []
+    for name, factory in factories.items():
+        lane = Lane(name, ctx.tool_dir(bench, name))
+        try:
+            lane.tool = factory(lane.dir)
+        except Exception as exc:
+            lane.fail(exc)
+        lanes.append(lane)
+    return lanes
+
+
+def run_state_workload(ctx: Context, bench: str, states: Iterable[Any], n_steps: int,
+                       factories: dict[str, Callable[[Path], Any]],
+                       keep: Callable[[Any], Any]) -> list[dict[str, Any]]:
+    """Snapshot each state with every tool, then restore and check the sampled ones."""
+    lanes = open_lanes(ctx, bench, factories)
+    samples = sorted({0, n_steps // 2, n_steps - 1})
+    kept: dict[int, Any] = {}
+    for step, state in enumerate(states):
+        if step in samples:
+            kept[step] = keep(state)
+        for lane in lanes:
+            if lane.tool is None:
+                continue
+            try:
+                snap, seconds = timed(lane.tool.snapshot, state, step)
+            except Exception as exc:
+                lane.fail(exc)
+                continue
+            lane.ids.append(snap.id), lane.raw.append(snap.raw_bytes)
+            lane.times.append(seconds), lane.extras.append(snap.extra)
+        ctx.log(f"  {bench} step {step + 1}/{n_steps}") if (step + 1) % max(1, n_steps // 5) == 0 else None
+    for lane in lanes:
+        if lane.tool is None:
+            continue
+        try:
+            for step in samples:
+                restored, seconds = timed(lane.tool.restore, lane.ids[step])
+                lane.restore_times.append(seconds)
+                bad = states_equal(kept[step], restored)
+                del restored
+                if bad:
+                    lane.mismatch = lane.mismatch or f"step {step}: {bad}"
+            lane.restore_ok = lane.mismatch is None
+        except Exception as exc:
+            lane.fail(exc)
+    return _rows(bench, lanes)
+
+
+def run_dir_workload(ctx: Context, bench: str, root: Path, steps: Iterable[int], n_steps: int,
+                     factories: dict[str, Callable[[Path], Any]]) -> list[dict[str, Any]]:
+    """Same as run_state_workload, for tools that snapshot a directory tree."""
+    lanes = open_lanes(ctx, bench, factories)
+    samples = sorted({0, n_steps // 2, n_steps - 1})
+    kept_root = ctx.scratch / bench / "_samples"
+    for step in steps:
+        if step in samples:
+            shutil.copytree(root, kept_root / str(step))
+        for lane in lanes:
+            if lane.tool is None:
+                continue
+            try:
+                snap, seconds = timed(lane.tool.snapshot_dir, root, step)
+            except Exception as exc:
+                lane.fail(exc)
+                continue
+            lane.ids.append(snap.id), lane.raw.append(snap.raw_bytes)
+            lane.times.append(seconds), lane.extras.append(snap.extra)
+        ctx.log(f"  {bench} step {step + 1}/{n_steps}") if (step + 1) % max(1, n_steps // 5) == 0 else None
+    out_root = ctx.scratch / bench / "_restored"
+    for lane in lanes:
+        if lane.tool is None:
+            continue
+        try:
+            for step in samples:
+                dest = out_root / f"{lane.name}-{step}"
+                got, seconds = timed(lane.tool.restore_dir, lane.ids[step], dest)
+                lane.restore_times.append(seconds)
+                bad = trees_equal(kept_root / str(step), got)
+                if bad:
+                    lane.mismatch = lane.mismatch or f"step {step}: {bad}"
+                shutil.rmtree(dest, ignore_errors=True)
+            lane.restore_ok = lane.mismatch is None
+        except Exception as exc:
+            lane.fail(exc)
+    shutil.rmtree(kept_root, ignore_errors=True)
+    return _rows(bench, lanes)
+
+
+def _rows(bench: str, lanes: list[Lane]) -> list[dict[str, Any]]:
+    rows = []
+    for lane in lanes:
+        stats = lane.tool.stats() if lane.tool is not None and hasattr(lane.tool, "stats") else None
+        _close(lane)
+        done = lane.status == "ok"
+        raw = sum(lane.raw) if done else None
+        stored = dir_bytes(lane.dir) if done else None
+        row = {
+            "kind": "result", "benchmark": bench, "tool": lane.name, "status": lane.status,
+            "snapshots": len(lane.ids) if done else None,
+            "raw_bytes": raw, "stored_bytes": stored, "raw_over_stored": ratio(raw, stored),
+            "snapshot_median_s": median(lane.times) if done else None,
+            "snapshot_p95_s": p95(lane.times) if done else None,
+            "snapshot_total_s": sum(lane.times) if done else None,
+            "restore_median_s": median(lane.restore_times) if done else None,
+            "restore_times_s": lane.restore_times if done else None,
+            "restore_ok": lane.restore_ok if done else None,
+        }
+        if lane.mismatch:
+            row["restore_mismatch"] = lane.mismatch
+        if lane.error_trace:
+            row["traceback"] = lane.error_trace
+        if stats is not None:
+            row["store_stats"] = stats
+        if done and lane.extras and any(lane.extras):
+            row["new_bytes_reported"] = sum((e.get("stored_size") or 0) for e in lane.extras)
+        rows.append(row)
+    add_vs_baseline(rows)
+    return rows
+
+
+def add_vs_baseline(rows: list[dict[str, Any]]) -> None:
+    """Add snapshot/restore time ratios against the zstd baseline (full-zstd or tar-zstd)."""
+    base = next((r for r in rows if r["tool"] in ("full-zstd", "tar-zstd") and r["status"] == "ok"), None)
+    for r in rows:
+        r["snapshot_time_vs_zstd"] = ratio(r.get("snapshot_median_s"), base and base["snapshot_median_s"])
+        r["restore_time_vs_zstd"] = ratio(r.get("restore_median_s"), base and base["restore_median_s"])
+
+
+def find(rows: list[dict[str, Any]], tool: str) -> dict[str, Any]:
+    return next((r for r in rows if r.get("tool") == tool), {})
