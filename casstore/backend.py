@@ -259,7 +259,7 @@ class Backend:
 
         try:
             return with_retries(attempt, self.retries)
-        except (StorageError, ValueError):
+        except StorageError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a StorageError
             where = self.object_url(key)
