@@ -102,6 +102,24 @@ class Store:
         _log_op("snapshot", info, started)
         return info
 
+    def snapshot_dir(self, path: str, agent_id: str = "default", session_id: str = "default", *,
+                     description: str | None = None, metadata: dict | None = None,
+                     exclude: list[str] | None = None, progress: Any = None) -> SnapshotInfo:
+        """Snapshot a directory tree (or one file); unchanged files are not re-read. See dirsnap.py."""
+        from . import dirsnap
+        started = time.perf_counter()
+        snap_id, fields = dirsnap.snapshot_dir(self._repo, path, agent_id, session_id, description=description,
+                                               metadata=metadata, exclude=exclude, progress=progress)
+        info = SnapshotInfo.from_fields(snap_id, fields)
+        _log_op("snapshot_dir", info, started)
+        return info
+
+    def restore_dir(self, id: str, dest: str, *, overwrite: bool = False, progress: Any = None) -> None:
+        """Recreate a directory snapshot under dest (which must be empty unless overwrite)."""
+        from . import dirsnap
+        sid = self._repo.resolve(id)
+        dirsnap.restore_dir(self._repo, sid, self._repo.fields(sid), dest, overwrite=overwrite, progress=progress)
+
     # reading ------------------------------------------------------------
     def restore(self, id: str | None = None, *, agent_id: str | None = None, session_id: str | None = None,
                 allow_pickle: bool = False) -> Any:
