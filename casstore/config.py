@@ -27,12 +27,13 @@ class RepoConfig:
     structure_cdc: CDCParams = STRUCTURE_CDC
     blob_cdc: CDCParams = BLOB_CDC
     encryption: str | None = None
+    gc_grace: float = 3600.0   # seconds between gc condemning a pack and deleting it (see gc.py)
 
     def encode(self) -> bytes:
         return msgpack.packb({
             "format": self.format, "id": self.repo_id, "hash": self.hash, "compression": self.compression,
             "chunker": {"structure": self.structure_cdc.to_dict(), "blob": self.blob_cdc.to_dict()},
-            "encryption": self.encryption,
+            "encryption": self.encryption, "gc_grace": self.gc_grace,
         }, use_bin_type=True)
 
     @classmethod
@@ -41,7 +42,8 @@ class RepoConfig:
             d = msgpack.unpackb(data, raw=False)
             cfg = cls(repo_id=str(d["id"]), format=int(d["format"]), hash=d["hash"], compression=d["compression"],
                       structure_cdc=CDCParams.from_dict(d["chunker"]["structure"]),
-                      blob_cdc=CDCParams.from_dict(d["chunker"]["blob"]), encryption=d.get("encryption"))
+                      blob_cdc=CDCParams.from_dict(d["chunker"]["blob"]), encryption=d.get("encryption"),
+                      gc_grace=float(d.get("gc_grace", 3600.0)))
         except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
             raise ConfigurationError(f"{where}: repository config is unreadable: {e}") from e
         if cfg.format != FORMAT_VERSION:
@@ -55,7 +57,7 @@ class RepoConfig:
     def to_dict(self) -> dict:
         return {"format": self.format, "id": self.repo_id, "hash": self.hash, "compression": self.compression,
                 "chunker": {"structure": self.structure_cdc.to_dict(), "blob": self.blob_cdc.to_dict()},
-                "encryption": self.encryption}
+                "encryption": self.encryption, "gc_grace": self.gc_grace}
 
 
 def resolve_url(url: str | None) -> tuple[str, str]:

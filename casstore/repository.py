@@ -28,11 +28,13 @@ from .backend import Backend
 from .chunker import Chunker
 from .compress import Codec
 from .config import RepoConfig, cache_dir
-from .errors import ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError
+from .errors import ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError, StorageError
 from .index import Index, Location
 from .pack import FOOTER_SIZE, KIND_DATA, KIND_NODE, PackEntry, PackWriter, parse_footer, parse_trailer
 
 CONFIG_KEY = "config"
+CONDEMNED_PREFIX = "gc/condemned/"
+FORGOTTEN_PREFIX = "forgotten/"
 PACK_TARGET = 16 << 20      # close a pack once it holds this many stored bytes
 COALESCE_GAP = 256 << 10    # read across gaps up to this size rather than issue another request
 MAX_READ = 16 << 20         # ...but keep one ranged read below this size
@@ -47,6 +49,14 @@ def pack_key(pack_id: bytes) -> str:
 def manifest_key(snap_id: bytes) -> str:
     h = snap_id.hex()
     return f"snapshots/{h[:2]}/{h}"
+
+
+def condemned_key(pack_id: bytes) -> str:
+    return CONDEMNED_PREFIX + pack_id.hex()
+
+
+def forgotten_key(snap_id: bytes) -> str:
+    return FORGOTTEN_PREFIX + snap_id.hex()
 
 
 @dataclass
@@ -73,9 +83,9 @@ class Repository:
     """Packs, manifests and the index of one repository."""
 
     def __init__(self, backend: Backend, *, index_path: str | None = None, compression_level: int = 3,
-                 create: bool = True, workers: int | None = None):
+                 create: bool = True, workers: int | None = None, new_config: RepoConfig | None = None):
         self.backend = backend
-        self.config = self._load_or_create_config(create)
+        self.config = self._load_or_create_config(create, new_config or RepoConfig())
         self.chunker = Chunker(self.config.structure_cdc, self.config.blob_cdc)
         self.codec = Codec(compression_level)
         self.index_path = index_path or self._default_index_path()
@@ -84,6 +94,7 @@ class Repository:
                                        thread_name_prefix="casstore")
         self._lock = threading.RLock()
         self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
+        self._marks_seen = 0.0  # monotonic time of the last look at gc's condemned marks
         if self.index.get_meta("repo_id") not in (None, self.config.repo_id.encode()):
             raise ConfigurationError(f"index at {self.index_path} belongs to another repository; delete it or pass index_path")
         self.index.set_meta("repo_id", self.config.repo_id.encode())
@@ -94,13 +105,12 @@ class Repository:
         self.backend.close()
 
     # config -------------------------------------------------------------
-    def _load_or_create_config(self, create: bool) -> RepoConfig:
+    def _load_or_create_config(self, create: bool, cfg: RepoConfig) -> RepoConfig:
         try:
             return RepoConfig.decode(self.backend.get(CONFIG_KEY), self.backend.url)
         except ObjectNotFoundError:
             if not create:
                 raise ConfigurationError(f"no casstore repository at {self.backend.url} (run `casstore init`)") from None
-        cfg = RepoConfig()
         if not self.backend.put_if_absent(CONFIG_KEY, cfg.encode()):
             return RepoConfig.decode(self.backend.get(CONFIG_KEY), self.backend.url)
         return cfg
@@ -116,6 +126,8 @@ class Repository:
         """Store one snapshot made of streams (structure first, never reused); return (id, manifest fields)."""
         entries, chunks = self._chunk_streams(streams)
         with self._lock:
+            self._refresh_marks(max_age=self.config.gc_grace / 2)
+            checked = time.monotonic()
             missing = self.index.missing(h for h, _ in entries)
             if not missing.issubset(chunks):
                 raise ReuseError(f"{len(missing - chunks.keys())} reused chunks are no longer stored")
@@ -138,9 +150,29 @@ class Repository:
                 "stored": sum(len(data) for _, data, _ in packs),
             }
             snap_id, data = manifest.encode(fields)
+            if time.monotonic() - checked > self.config.gc_grace / 2:
+                self._recheck_reuse(entries, missing, checked)
             self.backend.put(manifest_key(snap_id), data)
             self.index.commit([(pid, len(d), ents) for pid, d, ents in packs], [(snap_id, fields)])
             return snap_id, fields
+
+    def _refresh_marks(self, max_age: float) -> None:
+        """Know gc's condemned packs no later than max_age ago, so dedup never trusts a doomed pack."""
+        if time.monotonic() - self._marks_seen <= max_age:
+            return
+        seen = time.monotonic()
+        listed = {pid for pid in map(_key_id, self.backend.list(CONDEMNED_PREFIX)) if pid is not None}
+        known = self.index.condemned()
+        self.index.set_condemned({p: time.time() for p in listed - known.keys()}, clear=known.keys() - listed)
+        self._marks_seen = seen
+
+    def _recheck_reuse(self, entries: list[tree.Entry], missing: set[bytes], checked: float) -> None:
+        """A slow write may have deduplicated against a pack gc condemned since: refuse to commit it."""
+        self._marks_seen = 0.0
+        self._refresh_marks(0.0)
+        if self.index.missing(h for h, _ in entries) - missing:
+            raise StorageError(f"snapshot took {time.monotonic() - checked:.0f}s, longer than half the gc grace "
+                               f"period, and reused chunks gc has since condemned; retry the snapshot")
 
     def _chunk_streams(self, streams: list[Stream]) -> tuple[list[tree.Entry], dict[bytes, tuple]]:
         entries: list[tree.Entry] = []
@@ -233,6 +265,14 @@ class Repository:
         return out
 
     def _load(self, hashes: list[bytes], sink: Callable[[bytes, memoryview], None]) -> None:
+        """Fetch, verify and decompress chunks; a pack gc removed meanwhile triggers one sync and retry."""
+        try:
+            self._load_once(hashes, sink)
+        except ObjectNotFoundError:
+            self.sync()
+            self._load_once(hashes, sink)
+
+    def _load_once(self, hashes: list[bytes], sink: Callable[[bytes, memoryview], None]) -> None:
         """Fetch, verify and decompress chunks, grouped into coalesced ranged reads."""
         locs = self.index.locate(hashes)
         if len(locs) < len(hashes):
@@ -309,23 +349,40 @@ class Repository:
         return manifest.decode(self.backend.get(manifest_key(snap_id)), snap_id)
 
     def delete_snapshots(self, snap_ids: Iterable[bytes]) -> None:
+        """Remove manifests, leaving a tombstone so children do not look like a broken chain."""
         ids = list(snap_ids)
+        self.backend.put_many([(forgotten_key(sid), b"") for sid in ids])
+        self.index.add_forgotten(ids)
         for sid in ids:
             self.backend.delete(manifest_key(sid))
         self.index.remove_snapshots(ids)
 
     # index maintenance --------------------------------------------------
     def sync(self) -> tuple[int, int]:
-        """Learn snapshots and packs that others wrote; return (new snapshots, new packs)."""
-        known_packs = self.index.packs()
-        new_packs = [k for k in self.backend.list("packs/") if _key_id(k) not in known_packs]
-        packs = self._read_trailers(new_packs)
-        known = set(self.index.snapshot_ids())
-        new_snaps = [k for k in self.backend.list("snapshots/") if _key_id(k) not in known]
-        snaps = self._read_manifests(new_snaps)
-        if packs or snaps:
-            self.index.commit(packs, snaps)
-        return len(snaps), len(packs)
+        """Bring the index in line with storage: what others wrote, deleted or condemned.
+
+        Returns (new snapshots, new packs).
+        """
+        with self._lock:
+            listed_packs = {pid: k for k in self.backend.list("packs/") if (pid := _key_id(k)) is not None}
+            known_packs = self.index.packs()
+            gone = known_packs.keys() - listed_packs.keys()
+            if gone:
+                held = self.index.pack_hashes()
+                self.index.remove_packs({p: held.get(p, []) for p in gone})
+            packs = self._read_trailers([k for pid, k in listed_packs.items() if pid not in known_packs])
+            listed_snaps = {sid: k for k in self.backend.list("snapshots/") if (sid := _key_id(k)) is not None}
+            known = set(self.index.snapshot_ids())
+            if known - listed_snaps.keys():
+                self.index.remove_snapshots(known - listed_snaps.keys())
+            snaps = self._read_manifests([k for sid, k in listed_snaps.items() if sid not in known])
+            if packs or snaps:
+                self.index.commit(packs, snaps)
+            forgotten = {sid for sid in map(_key_id, self.backend.list(FORGOTTEN_PREFIX)) if sid is not None}
+            self.index.add_forgotten(forgotten - self.index.forgotten())
+            self._marks_seen = 0.0
+            self._refresh_marks(0.0)
+            return len(snaps), len(packs)
 
     def rebuild_index(self) -> tuple[int, int]:
         """Drop the index and rebuild it from packs and manifests alone."""

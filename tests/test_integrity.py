@@ -47,7 +47,7 @@ def test_missing_pack_is_named(store, repo_dir):
     info = store.snapshot(chat_state(30))
     for pack in _packs(repo_dir):
         pack.unlink()
-    with pytest.raises(casstore.StorageError):
+    with pytest.raises(casstore.IntegrityError, match="not in any known pack"):
         store.restore(info.id)
 
 

@@ -2,12 +2,17 @@
 
 Databases in one LMDB environment:
 
-* ``chunks``:  chunk or node hash (32) -> location, packed like a pack trailer
-  entry with the pack id in place of the chunk hash (48 bytes).
+* ``chunks``:  chunk or node hash (32) -> locations (an LMDB dupsort key: a
+  chunk can sit in several packs, e.g. after a repack), each packed like a
+  pack trailer entry with the pack id in place of the chunk hash (48 bytes).
 * ``packs``:   pack id (32) -> size (u64), entry count (u32).
 * ``snaps``:   snapshot id (32) -> the manifest's fields (msgpack).
 * ``lineage``: agent \\0 session \\0 position (u64 BE) snapshot id -> b"", so a
   prefix scan lists a lineage in order.
+* ``condemned``: pack id -> mark time (f64): packs gc will delete; their
+  chunks count as missing to writers, who store fresh copies instead.
+* ``forgotten``: snapshot id -> b"": snapshots deleted on purpose, so a child
+  whose parent is gone is not reported as a broken chain.
 * ``meta``:    small bookkeeping values.
 
 Everything here can be rebuilt from the packs and manifests in storage. One
@@ -32,6 +37,7 @@ from ..pack import ENTRY, PackEntry
 MAP_SIZE = 1 << 38
 _PACK = struct.Struct("<QI")
 _POS = struct.Struct(">Q")
+_TIME = struct.Struct("<d")
 
 _ENVS: dict[str, tuple[lmdb.Environment, int]] = {}
 _ENVS_LOCK = threading.Lock()
@@ -56,7 +62,7 @@ def _open_env(path: str) -> lmdb.Environment:
         if env is None:
             os.makedirs(key, exist_ok=True)
             try:
-                env = lmdb.open(key, map_size=MAP_SIZE, max_dbs=8, sync=True, metasync=True, max_readers=256)
+                env = lmdb.open(key, map_size=MAP_SIZE, max_dbs=12, sync=True, metasync=True, max_readers=256)
             except lmdb.Error as e:
                 raise StorageError(f"cannot open the index at {key}: {e}") from e
         _ENVS[key] = (env, refs + 1)
@@ -95,11 +101,13 @@ class Index:
     def __init__(self, path: str):
         self.path = path
         self.env = _open_env(path)
-        self._chunks = self.env.open_db(b"chunks")
+        self._chunks = self.env.open_db(b"chunks", dupsort=True)
         self._packs = self.env.open_db(b"packs")
         self._snaps = self.env.open_db(b"snaps")
         self._lineage = self.env.open_db(b"lineage")
         self._meta = self.env.open_db(b"meta")
+        self._condemned = self.env.open_db(b"condemned")
+        self._forgotten = self.env.open_db(b"forgotten")
 
     def close(self) -> None:
         if self.env is not None:
@@ -108,19 +116,36 @@ class Index:
 
     # chunks -------------------------------------------------------------
     def missing(self, hashes: Iterable[bytes]) -> set[bytes]:
-        with self.env.begin(db=self._chunks) as txn:
-            return {h for h in hashes if txn.get(h) is None}
+        """Hashes with no copy outside condemned packs: a writer must store them."""
+        with self.env.begin() as txn:
+            condemned = self._condemned_ids(txn)
+            if not condemned:
+                return {h for h in hashes if txn.get(h, db=self._chunks) is None}
+            cur = txn.cursor(db=self._chunks)
+            out = set()
+            for h in hashes:
+                if not cur.set_key(h) or all(v[:32] in condemned for v in cur.iternext_dup()):
+                    out.add(h)
+            return out
 
     def locate(self, hashes: Iterable[bytes]) -> dict[bytes, Location]:
+        """One location per known hash, preferring packs that are not condemned."""
         out = {}
-        with self.env.begin(db=self._chunks) as txn:
+        with self.env.begin() as txn:
+            condemned = self._condemned_ids(txn)
+            cur = txn.cursor(db=self._chunks)
             for h in hashes:
-                raw = txn.get(h)
-                if raw is not None:
-                    out[h] = Location(*ENTRY.unpack(raw))
+                if not cur.set_key(h):
+                    continue
+                best = None
+                for v in cur.iternext_dup():
+                    if best is None or (best[:32] in condemned and v[:32] not in condemned):
+                        best = bytes(v)
+                out[h] = Location(*ENTRY.unpack(best))
         return out
 
     def iter_chunks(self) -> Iterator[tuple[bytes, Location]]:
+        """Every (hash, location) pair, a chunk once per pack that holds it."""
         with self.env.begin(db=self._chunks) as txn:
             for k, v in txn.cursor():
                 yield bytes(k), Location(*ENTRY.unpack(v))
@@ -149,16 +174,50 @@ class Index:
             for pack_id, size, entries in packs:
                 self._put_pack(txn, pack_id, size, entries)
 
-    def remove_packs(self, pack_ids: Iterable[bytes]) -> None:
-        """Forget packs and every chunk location that points into them."""
-        doomed = set(pack_ids)
+    def remove_packs(self, packs: dict[bytes, list[bytes]]) -> None:
+        """Forget packs (id -> the hashes they hold) and the chunk locations pointing into them."""
         with self.env.begin(write=True) as txn:
             cur = txn.cursor(db=self._chunks)
-            for k, v in cur:
-                if v[:32] in doomed:
-                    txn.delete(k, db=self._chunks)
-            for p in doomed:
-                txn.delete(p, db=self._packs)
+            for pack_id, hashes in packs.items():
+                for h in hashes:
+                    if cur.set_key(h):
+                        for v in list(cur.iternext_dup()):
+                            if v[:32] == pack_id:
+                                txn.delete(h, v, db=self._chunks)
+                txn.delete(pack_id, db=self._packs)
+                txn.delete(pack_id, db=self._condemned)
+
+    def pack_hashes(self) -> dict[bytes, list[bytes]]:
+        """Pack id -> hashes it holds, from the chunk table (one scan)."""
+        out: dict[bytes, list[bytes]] = {}
+        with self.env.begin(db=self._chunks) as txn:
+            for k, v in txn.cursor():
+                out.setdefault(bytes(v[:32]), []).append(bytes(k))
+        return out
+
+    # gc marks -----------------------------------------------------------
+    def _condemned_ids(self, txn: lmdb.Transaction) -> set[bytes]:
+        return {bytes(k) for k in txn.cursor(db=self._condemned).iternext(keys=True, values=False)}
+
+    def condemned(self) -> dict[bytes, float]:
+        with self.env.begin(db=self._condemned) as txn:
+            return {bytes(k): _TIME.unpack(v)[0] for k, v in txn.cursor()}
+
+    def set_condemned(self, marks: dict[bytes, float], clear: Iterable[bytes] = ()) -> None:
+        with self.env.begin(write=True, db=self._condemned) as txn:
+            for p in clear:
+                txn.delete(p)
+            for p, t in marks.items():
+                txn.put(p, _TIME.pack(t))
+
+    def forgotten(self) -> set[bytes]:
+        with self.env.begin(db=self._forgotten) as txn:
+            return {bytes(k) for k in txn.cursor().iternext(keys=True, values=False)}
+
+    def add_forgotten(self, snap_ids: Iterable[bytes]) -> None:
+        with self.env.begin(write=True, db=self._forgotten) as txn:
+            for sid in snap_ids:
+                txn.put(sid, b"")
 
     # snapshots ----------------------------------------------------------
     def commit(self, packs: list[tuple[bytes, int, list[PackEntry]]], snapshots: list[tuple[bytes, dict]]) -> None:
@@ -239,7 +298,8 @@ class Index:
 
     def clear(self) -> None:
         with self.env.begin(write=True) as txn:
-            for db in (self._chunks, self._packs, self._snaps, self._lineage, self._meta):
+            for db in (self._chunks, self._packs, self._snaps, self._lineage, self._meta, self._condemned,
+                       self._forgotten):
                 txn.drop(db, delete=False)
 
 
