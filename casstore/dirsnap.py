@@ -450,15 +450,17 @@ def check_listing(listing: list[dict], fields: dict, name: str) -> None:
             raise ConfigurationError(f"snapshot {name}: listing entry {p!r} is not a safe relative path")
         if p in kinds:
             raise ConfigurationError(f"snapshot {name}: listing entry {p!r} appears twice")
-        for i in range(1, len(parts)):
-            anc = "/".join(parts[:i])
-            if kinds.get(anc, "d") != "d":
-                raise ConfigurationError(f"snapshot {name}: listing entry {p!r} lies under a non-directory {anc!r}")
         kinds[p] = e["t"]
         if e["t"] == "f" and e["o"] + e["s"] > blob_bytes:
             raise ConfigurationError(f"snapshot {name}: listing entry {p!r} points past the end of the snapshot")
         if e["t"] == "l":
             links[p] = e["l"]
+    for p in kinds:                      # a second pass: the listing order is not trusted
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            anc = "/".join(parts[:i])
+            if kinds.get(anc, "d") != "d":
+                raise ConfigurationError(f"snapshot {name}: listing entry {p!r} lies under a non-directory {anc!r}")
     for p, target in links.items():
         if not _link_stays_inside(p, links):
             raise ConfigurationError(f"snapshot {name}: symlink {p!r} -> {target!r} resolves outside the destination")
