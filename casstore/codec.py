@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import decimal
+import importlib
 import pickle
 import sys
 import uuid
@@ -75,6 +76,10 @@ class _Codec:
 
 _BY_TYPE: dict[type, _Codec] = {}
 _BY_NAME: dict[str, _Codec] = {}
+# Codecs for whole class families (e.g. LangChain Serializable), tried before dataclass/pydantic/pickle.
+_FALLBACK: list[tuple[Callable[[type], bool], _Codec]] = []
+# Integrations imported (once) when their library is loaded: library module -> casstore module.
+_AUTOLOAD = {"langchain_core": "casstore.integrations.langchain"}
 
 
 def register_codec(cls: type, encode: Callable[[Any], Any] | None = None,
@@ -93,6 +98,35 @@ def register_codec(cls: type, encode: Callable[[Any], Any] | None = None,
     codec = _Codec(cls, name, encode, decode)
     _BY_TYPE[cls] = codec
     _BY_NAME[name] = codec
+
+
+def register_fallback(predicate: Callable[[type], bool], encode: Callable[[Any], Any],
+                      decode: Callable[[Any], Any], *, name: str) -> None:
+    """Teach the codec a family of types: every class for which predicate(cls) is true."""
+    codec = _Codec(object, name, encode, decode)
+    _FALLBACK.append((predicate, codec))
+    _BY_NAME[name] = codec
+
+
+def _autoload(name: str | None = None) -> None:
+    """Import the integration of a loaded library (or of the library a stored codec name starts with)."""
+    for lib, module in list(_AUTOLOAD.items()):
+        if lib in sys.modules if name is None else name.startswith(lib):
+            _AUTOLOAD.pop(lib, None)
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+
+
+def _fallback(cls: type) -> _Codec | None:
+    if _AUTOLOAD:
+        _autoload()
+    for predicate, codec in _FALLBACK:
+        if predicate(cls):
+            _BY_TYPE[cls] = codec
+            return codec
+    return None
 
 
 def encode(state: Any, *, allow_pickle: bool = False, big_leaf: int = BIG_LEAF) -> tuple[bytes, list[Blob]]:
@@ -225,7 +259,7 @@ class _Encoder:
 
     def custom(self, obj: Any, path: str) -> msgpack.ExtType:
         cls = type(obj)
-        codec = _BY_TYPE.get(cls)
+        codec = _BY_TYPE.get(cls) or _fallback(cls)
         if codec is None and (dataclasses.is_dataclass(cls) or _is_pydantic(cls)):
             register_codec(cls)
             codec = _BY_TYPE[cls]
@@ -312,6 +346,9 @@ def _decode_blob(ref: list, region: memoryview) -> Any:
 
 def _codec_named(name: str) -> _Codec:
     codec = _BY_NAME.get(name)
+    if codec is None and _AUTOLOAD:
+        _autoload(name)
+        codec = _BY_NAME.get(name)
     if codec is not None:
         return codec
     module, _, qualname = name.partition(":")
