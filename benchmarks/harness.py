@@ -140,32 +140,50 @@ def trees_equal(a: str | os.PathLike, b: str | os.PathLike) -> str | None:
 def run_child(args: list[str], timeout: float = 3600) -> tuple[dict[str, Any], int]:
     """Run `python -m benchmarks.memprobe ARGS`; return (its JSON result, its peak RSS in bytes).
 
-    The peak comes from os.wait4 on that one child, so earlier children (which
-    RUSAGE_CHILDREN would fold in) never inflate the figure.
+    The peak is the child's own VmHWM, read by the child just before it exits.
+    Not ru_maxrss: on Linux a child started by (v)fork+exec inherits the
+    parent's RSS high-water mark into ru_maxrss, so a big parent would inflate it.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.memprobe", *args],
-                            cwd=PACKAGE_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memprobe {' '.join(args)} failed ({proc.returncode}): {err.decode()[-2000:]}")
-    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
-    return json.loads(lines[-1]), usage.ru_maxrss * 1024
+    res = subprocess.run([sys.executable, "-m", "benchmarks.memprobe", *args], cwd=PACKAGE_ROOT, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"memprobe {' '.join(args)} failed ({res.returncode}): {res.stderr[-2000:]}")
+    out = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
+    return out, out["peak_rss"]
 
 
-def current_rss() -> int:
-    """Resident set size of this process now, from /proc (0 where unavailable)."""
+def _proc_status(field_name: str) -> int:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field_name + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def current_rss() -> int:
+    """Resident set size of this process now (0 where /proc is unavailable)."""
+    return _proc_status("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0), so a peak excludes setup."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process since its exec (VmHWM; ru_maxrss as a fallback)."""
+    import resource
+    return _proc_status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ------------------------------------------------------------------ reporting
