@@ -11,6 +11,7 @@ from typing import Any
 from . import codec
 from .backend import Backend
 from .config import resolve_url
+from .copy import CopyReport, copy_snapshots
 from .errors import ConfigurationError, SnapshotNotFoundError
 from .repository import Repository, Stream
 
@@ -167,6 +168,10 @@ class Store:
     def sync(self) -> int:
         """Learn snapshots other machines wrote to the same storage; returns how many were new."""
         return self._repo.sync()[0]
+
+    def copy_to(self, other: "Store", ids: list[str] | None = None) -> CopyReport:
+        """Copy snapshots (all, or these ids/prefixes) into other, sending only chunks it lacks."""
+        return copy_snapshots(self._repo, other._repo, ids)
 
     def index_rebuild(self) -> int:
         """Rebuild the local index from packs and manifests; returns the snapshot count."""
