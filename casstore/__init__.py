@@ -1,15 +1,17 @@
 """casstore: a content-addressed, deduplicating snapshot store for AI-agent state."""
 
 from .codec import register_codec
-from .errors import (CasstoreError, ConfigurationError, IntegrityError, SerializationError, SnapshotNotFoundError,
+from .errors import (CasstoreError, ChunkNotFoundError, ConfigurationError, IntegrityError, SerializationError, SnapshotNotFoundError,
                      StorageError)
+from .gc import GCReport
 from .store import SnapshotInfo, Stats, Store, open
+from .verify import Problem, VerifyReport
 from .tree import Proof, verify_proof
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Store", "SnapshotInfo", "Stats", "Proof", "verify_proof", "register_codec",
-    "CasstoreError", "SnapshotNotFoundError", "IntegrityError", "StorageError", "ConfigurationError",
+    "open", "Store", "SnapshotInfo", "Stats", "Proof", "verify_proof", "VerifyReport", "Problem", "GCReport", "register_codec",
+    "CasstoreError", "ChunkNotFoundError", "SnapshotNotFoundError", "IntegrityError", "StorageError", "ConfigurationError",
     "SerializationError",
 ]

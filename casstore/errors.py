@@ -11,6 +11,10 @@ class SnapshotNotFoundError(CasstoreError, LookupError):
     """No snapshot has this id (or the prefix matches none, or several)."""
 
 
+class ChunkNotFoundError(CasstoreError, LookupError):
+    """A chunk hash is not part of the snapshot it was asked about."""
+
+
 class IntegrityError(CasstoreError):
     """Stored bytes do not match their hash or their declared format."""
 

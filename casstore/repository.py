@@ -306,8 +306,7 @@ class Repository:
             for h, loc in group:
                 stored = buf[loc.offset - base:loc.offset - base + loc.stored_len]
                 data = self.codec.decompress(loc.method, stored, loc.raw_len, loc.itemsize)
-                if blake3.blake3(data).digest() != h:
-                    raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()} does not match its hash")
+                self.verify_chunk(h, data, pack_id)
                 sink(h, memoryview(data))
 
         if len(ranges) == 1:
@@ -315,6 +314,11 @@ class Repository:
         else:
             for f in [self.pool.submit(work, r) for r in ranges]:
                 f.result()
+
+    @staticmethod
+    def verify_chunk(h: bytes, data: bytes | memoryview, pack_id: bytes) -> None:
+        if blake3.blake3(data).digest() != h:
+            raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()} does not match its hash")
 
     # snapshots ----------------------------------------------------------
     def resolve(self, ref: str | bytes) -> bytes:

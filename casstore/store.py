@@ -8,12 +8,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import codec
+from . import codec, retention, tree
+from . import gc as gc_mod
 from .backend import Backend
 from .config import resolve_url
 from .copy import CopyReport, copy_snapshots
-from .errors import ConfigurationError, SnapshotNotFoundError
+from .errors import ChunkNotFoundError, ConfigurationError, SnapshotNotFoundError
+from .config import RepoConfig
 from .repository import Repository, Stream
+from .tree import Proof
+from .verify import VerifyReport
+from .verify import verify as verify_repo
 
 log = logging.getLogger("casstore")
 
@@ -173,6 +178,46 @@ class Store:
         """Copy snapshots (all, or these ids/prefixes) into other, sending only chunks it lacks."""
         return copy_snapshots(self._repo, other._repo, ids)
 
+    def verify(self, id: str | None = None, deep: bool = False, *, read_fraction: float = 1.0,
+               max_bytes: int | None = None) -> VerifyReport:
+        """Check the repository, or one snapshot; deep re-reads and re-hashes the data."""
+        ids = None if id is None else [self._repo.resolve(id)]
+        return verify_repo(self._repo, ids, deep=deep, read_fraction=read_fraction, max_bytes=max_bytes)
+
+    def prove(self, id: str, chunk_hash: str) -> Proof:
+        """A Merkle inclusion proof that chunk_hash belongs to snapshot id."""
+        sid = self._repo.resolve(id)
+        fields = self._repo.fields(sid)
+        try:
+            chunk = bytes.fromhex(chunk_hash)
+        except ValueError:
+            raise ConfigurationError(f"{chunk_hash!r} is not a chunk hash (hex)") from None
+        proof = tree.prove(fields["root"], fields["height"], self._repo.fetch_nodes, chunk)
+        if proof is None:
+            raise ChunkNotFoundError(f"chunk {chunk_hash} is not part of snapshot {sid.hex()}")
+        return proof
+
+    def forget(self, *, keep_last: int | None = None, keep_within: str | float | _dt.timedelta | None = None,
+               keep_daily: int | None = None, agent_id: str | None = None, session_id: str | None = None,
+               dry_run: bool = False) -> list[SnapshotInfo]:
+        """Remove snapshots no rule keeps, per lineage; returns what was (or would be) removed."""
+        policy = retention.Policy(keep_last, None if keep_within is None else retention.parse_duration(keep_within),
+                                  keep_daily)
+        if policy.empty():
+            raise ConfigurationError("forget needs at least one of keep_last, keep_within, keep_daily")
+        lineages: dict[tuple[str, str], list[SnapshotInfo]] = {}
+        for info in self.list(agent_id, session_id):
+            lineages.setdefault((info.agent_id, info.session_id), []).append(info)
+        doomed = [s for lineage in lineages.values() for s in retention.apply(policy, lineage).forget]
+        if not dry_run and doomed:
+            self._repo.delete_snapshots([bytes.fromhex(s.id) for s in doomed])
+        return sorted(doomed, key=lambda s: (s.timestamp, s.index))
+
+    def gc(self, dry_run: bool = False, *, grace: float | None = None,
+           repack_threshold: float = gc_mod.REPACK_THRESHOLD) -> gc_mod.GCReport:
+        """Free what no snapshot references; safe while other writers keep snapshotting (see gc.py)."""
+        return gc_mod.collect(self._repo, dry_run=dry_run, grace=grace, repack_threshold=repack_threshold)
+
     def index_rebuild(self) -> int:
         """Rebuild the local index from packs and manifests; returns the snapshot count."""
         self._repo.rebuild_index()
@@ -204,14 +249,22 @@ class Store:
 
 
 def open(url: str | None = None, *, storage_options: dict | None = None, index_path: str | None = None,
-         compression_level: int = 3, create: bool = True) -> Store:
-    """Open (or create) the repository at url: None means $CASSTORE_REPO, else ./.casstore."""
+         compression_level: int = 3, create: bool = True, gc_grace: float | None = None) -> Store:
+    """Open (or create) the repository at url: None means $CASSTORE_REPO, else ./.casstore.
+
+    gc_grace (seconds a condemned pack waits before gc deletes it; default one
+    hour) is recorded in the repository when this call creates it.
+    """
     if not 1 <= compression_level <= 22:
         raise ConfigurationError(f"compression_level must be 1..22, got {compression_level}")
+    if gc_grace is not None and gc_grace < 0:
+        raise ConfigurationError(f"gc_grace must be >= 0 seconds, got {gc_grace}")
     resolved, _ = resolve_url(url)
     backend = Backend(resolved, storage_options)
+    new_config = RepoConfig() if gc_grace is None else RepoConfig(gc_grace=float(gc_grace))
     try:
-        return Store(Repository(backend, index_path=index_path, compression_level=compression_level, create=create))
+        return Store(Repository(backend, index_path=index_path, compression_level=compression_level, create=create,
+                                new_config=new_config))
     except BaseException:
         backend.close()
         raise

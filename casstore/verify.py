@@ -1,0 +1,203 @@
+"""Repository checker: structure in quick mode, every chunk's bytes in deep mode.
+
+Quick mode reads manifests, tree nodes and pack trailers: every manifest
+hashes to its id, its parent exists or was forgotten, every chunk it names
+has a location in the index inside an existing pack, and the index agrees
+with the trailers. Deep mode also reads packs whole (one at a time per
+worker, so memory stays bounded by the pack size), checks each pack hashes
+to its name and re-hashes every chunk; it can be limited to a fraction of
+the packs or a byte budget, as restic's --read-data-subset.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import blake3
+
+from . import manifest
+from .errors import CasstoreError, IntegrityError
+from .liveness import reachable
+from .pack import read_entries
+from .repository import Repository, _key_id, manifest_key, pack_key, read_pack_trailer
+
+log = logging.getLogger("casstore")
+
+
+@dataclass
+class Problem:
+    kind: str                 # manifest, chain, missing-chunk, pack, trailer, index, chunk, unreferenced
+    message: str
+    snapshots: list[str] = field(default_factory=list)
+    object: str | None = None
+    severity: str = "error"   # "error" makes the report fail; "info" (unreferenced leftovers) does not
+
+    def __str__(self) -> str:
+        where = f" (snapshots {', '.join(s[:12] for s in self.snapshots[:5])})" if self.snapshots else ""
+        return f"{self.kind}: {self.message}{where}"
+
+
+@dataclass
+class VerifyReport:
+    deep: bool
+    snapshots_checked: int = 0
+    packs_checked: int = 0
+    chunks_checked: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "deep": self.deep, "snapshots_checked": self.snapshots_checked,
+                "packs_checked": self.packs_checked, "chunks_checked": self.chunks_checked,
+                "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3),
+                "problems": [p.__dict__ for p in self.problems]}
+
+
+def verify(repo: Repository, snap_ids: list[bytes] | None = None, *, deep: bool = False,
+           read_fraction: float = 1.0, max_bytes: int | None = None, seed: int | None = None) -> VerifyReport:
+    """Check the repository (or the given snapshots) and report every problem found."""
+    started = time.time()
+    report = VerifyReport(deep=deep)
+    repo.sync()
+    pack_keys = {pid: k for k in repo.backend.list("packs/") if (pid := _key_id(k)) is not None}
+    trailers = _check_trailers(repo, pack_keys, report)
+    manifests = _check_manifests(repo, snap_ids, report)
+    owners: dict[bytes, int] = {}
+    names = [sid.hex() for sid, _ in manifests]
+    roots = [(f["root"], f["height"]) for _, f in manifests]
+    try:
+        data, nodes = reachable(roots, repo.fetch_nodes, lambda h, i: owners.__setitem__(h, i))
+    except CasstoreError as e:
+        report.problems.append(Problem("tree", f"a chunk tree cannot be read: {e}", names))
+        data, nodes = set(), set()
+    _check_locations(repo, data | nodes, trailers, owners, names, report)
+    if snap_ids is None:
+        referenced = data | nodes
+        for pid, entries in trailers.items():
+            if not any(e.hash in referenced for e in entries):
+                report.problems.append(Problem("unreferenced", f"pack {pid.hex()} holds no referenced chunk; gc removes it",
+                                               object=pack_keys[pid], severity="info"))
+    if deep:
+        _check_data(repo, pack_keys, data | nodes, owners, names, report, read_fraction, max_bytes, seed)
+    report.snapshots_checked = len(manifests)
+    report.seconds = time.time() - started
+    log.info("verify", extra={"casstore": {"op": "verify", "ok": report.ok, "deep": deep,
+                                           "problems": len(report.problems), "seconds": round(report.seconds, 3)}})
+    return report
+
+
+def _check_trailers(repo: Repository, pack_keys: dict[bytes, str], report: VerifyReport) -> dict:
+    """Read every trailer; compare with the index's view of the pack."""
+    def one(item: tuple[bytes, str]):
+        pid, key = item
+        try:
+            return pid, read_pack_trailer(repo.backend, key)
+        except CasstoreError as e:
+            return pid, e
+    trailers = {}
+    indexed = repo.index.pack_hashes()
+    for pid, result in repo.pool.map(one, pack_keys.items()):
+        if isinstance(result, Exception):
+            report.problems.append(Problem("pack", f"pack {pid.hex()} is unreadable: {result}", object=pack_keys[pid]))
+            continue
+        size, entries = result
+        trailers[pid] = entries
+        if pid in indexed and set(indexed[pid]) != {e.hash for e in entries}:
+            report.problems.append(Problem("index", f"index and trailer of pack {pid.hex()} disagree; run `casstore index rebuild`",
+                                           object=pack_keys[pid]))
+    for pid in set(indexed) - set(pack_keys):
+        report.problems.append(Problem("index", f"index lists pack {pid.hex()} that storage does not hold"))
+    return trailers
+
+
+def _check_manifests(repo: Repository, snap_ids: list[bytes] | None, report: VerifyReport) -> list[tuple[bytes, dict]]:
+    keys = {sid: k for k in repo.backend.list("snapshots/") if (sid := _key_id(k)) is not None}
+    wanted = list(keys) if snap_ids is None else snap_ids
+    forgotten = repo.index.forgotten()
+    out = []
+    for sid in wanted:
+        try:
+            fields = manifest.decode(repo.backend.get(manifest_key(sid)), sid)
+        except CasstoreError as e:
+            report.problems.append(Problem("manifest", str(e), [sid.hex()], manifest_key(sid)))
+            continue
+        parent = fields.get("parent")
+        if parent is not None and parent not in keys and parent not in forgotten:
+            report.problems.append(Problem("chain", f"parent {parent.hex()} is missing and was not forgotten: "
+                                                    f"the history was altered", [sid.hex()]))
+        out.append((sid, fields))
+    return out
+
+
+def _check_locations(repo: Repository, hashes: set[bytes], trailers: dict, owners: dict[bytes, int],
+                     names: list[str], report: VerifyReport) -> None:
+    in_trailer = {e.hash: (pid, e) for pid, entries in trailers.items() for e in entries}
+    locs = repo.index.locate(hashes)
+    for h in hashes:
+        report.chunks_checked += 1
+        loc = locs.get(h)
+        owner = [names[owners[h]]] if h in owners else []
+        if loc is None:
+            where = "storage holds it in a pack the index does not know" if h in in_trailer else "no pack holds it"
+            report.problems.append(Problem("missing-chunk", f"chunk {h.hex()} is not in the index: {where}", owner))
+        elif loc.pack not in trailers:
+            report.problems.append(Problem("missing-chunk", f"chunk {h.hex()} is in pack {loc.pack.hex()}, which is "
+                                                            f"missing or unreadable", owner, pack_key(loc.pack)))
+
+
+def _check_data(repo: Repository, pack_keys: dict[bytes, str], referenced: set[bytes], owners: dict[bytes, int],
+                names: list[str], report: VerifyReport, fraction: float, max_bytes: int | None,
+                seed: int | None) -> None:
+    chosen = sorted(pack_keys)
+    if fraction < 1.0:
+        rng = random.Random(seed)
+        chosen = sorted(rng.sample(chosen, max(1, round(len(chosen) * fraction)))) if chosen else []
+
+    def one(pid: bytes) -> tuple[int, int, list[Problem]]:
+        key = pack_keys[pid]
+        problems = []
+        try:
+            data = repo.backend.get(key)
+        except CasstoreError as e:
+            return 0, 0, [Problem("pack", f"pack {pid.hex()} cannot be read: {e}", object=key)]
+        if blake3.blake3(data).digest() != pid:
+            problems.append(Problem("pack", f"pack {pid.hex()} does not hash to its name", object=key))
+        try:
+            entries = read_entries(data)
+        except IntegrityError as e:
+            return len(data), 0, problems + [Problem("trailer", f"pack {pid.hex()}: {e}", object=key)]
+        view = memoryview(data)
+        for e in entries:
+            try:
+                raw = repo.codec.decompress(e.method, view[e.offset:e.offset + e.stored_len], e.raw_len, e.itemsize)
+                repo.verify_chunk(e.hash, raw, pid)
+            except IntegrityError as err:
+                owner = [names[owners[e.hash]]] if e.hash in owners else []
+                sev = "error" if e.hash in referenced else "info"
+                problems.append(Problem("chunk", f"chunk {e.hash.hex()} in pack {pid.hex()}: {err}", owner, key, sev))
+        return len(data), len(entries), problems
+
+    budget = max_bytes
+    batch: list[bytes] = []
+    for pid in chosen:
+        batch.append(pid)
+        if len(batch) == 4 or pid == chosen[-1]:
+            for nbytes, _n, problems in repo.pool.map(one, batch):
+                report.bytes_read += nbytes
+                report.packs_checked += 1
+                report.problems.extend(problems)
+            batch = []
+            if budget is not None and report.bytes_read >= budget:
+                break
