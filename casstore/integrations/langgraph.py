@@ -1,0 +1,545 @@
+"""A LangGraph checkpoint saver backed by a casstore Store.
+
+    from casstore.integrations.langgraph import CasstoreSaver
+    saver = CasstoreSaver(casstore.open("s3://bucket/agents"))   # or CasstoreSaver.from_url(url)
+    graph = builder.compile(checkpointer=saver)
+
+Layout in the repository
+------------------------
+* A thread is the casstore agent ``langgraph:<thread_id>``; a checkpoint
+  namespace is a session of it (``default`` for the root namespace ``""``,
+  else the namespace itself), so ``casstore ls``, ``diff``, ``verify`` and
+  ``prove`` work on LangGraph checkpoints like on any other snapshot.
+* Each checkpoint is one snapshot of that lineage. Its snapshot metadata
+  (kept in the index, read without restoring anything) holds the small
+  fields: ``checkpoint_id``, ``parent_checkpoint_id``, the namespace, and the
+  LangGraph metadata dict (plain, or serde-encoded when it holds values
+  msgpack cannot carry as-is). ``get_tuple``/``list`` find checkpoints by
+  these fields and sort them by checkpoint id (newest first); only the
+  snapshots actually returned are restored.
+* The snapshot's state is ``{"format", "lists", "values", "checkpoint"}``:
+  channel values that are lists (``messages``) are stored element by
+  element, each element serialized by the saver's serde on its own
+  (``type\\0bytes``), so appending a message appends bytes at the end of the
+  encoded state and every older message keeps its exact bytes; casstore's
+  content-defined chunking then stores only the new chunks. Other channel
+  values are one serde item each; the checkpoint itself (ids, versions,
+  ``versions_seen``, without channel values) comes last, so the part that
+  changes at every step sits in the final chunk.
+* Pending writes (``put_writes``) arrive after their checkpoint is
+  committed, so they go to a sibling lineage ``<session>#writes``: one small
+  snapshot per ``put_writes`` call whose metadata names the checkpoint id,
+  the task id and the write indexes it holds (enough to keep ``put_writes``
+  idempotent without restoring anything). They are as durable as
+  checkpoints and merged, in commit order, into ``pending_writes`` when the
+  checkpoint is read (a repeated regular write keeps the first value, a
+  special write such as an error or interrupt keeps the last).
+* ``delete_thread`` / ``prune`` / ``delete_for_runs`` delete snapshots with
+  ``Store.delete``; their chunks are reclaimed by ``casstore gc``.
+  ``copy_thread`` re-snapshots each stored state under the target thread,
+  which writes no new chunks.
+
+Speed
+-----
+LangGraph hands ``put`` the whole message list at every step. The saver
+remembers, per thread, namespace and channel, the serialized form of the
+list elements it stored last (keyed by object identity, holding a strong
+reference, and re-checked with the message id, type and content length), so
+each step serializes only the new messages. The snapshot-metadata listing of
+each thread is cached in the saver as well and kept current by its own
+writes; a checkpoint id it does not know makes it re-read the index, and
+``refresh()`` drops the cache (use it if another process writes the same
+threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    SerializerProtocol,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+    writes_sort_key,
+)
+
+from ..errors import SnapshotNotFoundError
+from ..store import SnapshotInfo, Store
+
+__all__ = ["CasstoreSaver", "AGENT_PREFIX"]
+
+AGENT_PREFIX = "langgraph:"
+ROOT_SESSION = "default"
+WRITES_SUFFIX = "#writes"
+FORMAT = 1
+KIND_CHECKPOINT = "checkpoint"
+KIND_WRITES = "writes"
+MAX_CACHED_THREADS = 256
+
+
+def agent_id(thread_id: str) -> str:
+    return AGENT_PREFIX + str(thread_id)
+
+
+def session_id(checkpoint_ns: str) -> str:
+    return checkpoint_ns or ROOT_SESSION
+
+
+def _item(typed: tuple[str, bytes]) -> bytes:
+    """One serde (type, bytes) pair as a single bytes leaf: type NUL data."""
+    t, data = typed
+    return t.encode() + b"\0" + bytes(data)
+
+
+def _typed(item: bytes) -> tuple[str, bytes]:
+    t, _, data = bytes(item).partition(b"\0")
+    return t.decode(), data
+
+
+def _fingerprint(obj: Any) -> Any:
+    """A cheap check that a cached element still looks like what was serialized."""
+    content = getattr(obj, "content", None)
+    size = len(content) if isinstance(content, (str, list)) else None
+    return getattr(obj, "id", None), size
+
+
+_IMMUTABLE = (str, bytes, int, float, bool, type(None))
+
+
+@dataclass
+class _Ckpt:
+    snap_id: str
+    checkpoint_id: str
+    parent_id: str | None
+    meta: dict  # the snapshot metadata (LangGraph metadata decoded lazily)
+    _md: dict | None = None
+
+
+@dataclass
+class _Writes:
+    snap_id: str
+    checkpoint_id: str
+    task_id: str
+    keys: list[int]
+
+
+@dataclass
+class _Thread:
+    ckpts: dict[str, dict[str, _Ckpt]] = field(default_factory=dict)           # ns -> cid -> checkpoint
+    writes: dict[tuple[str, str], list[_Writes]] = field(default_factory=dict)  # (ns, cid) -> writes, in order
+
+
+class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAsyncContextManager):
+    """LangGraph checkpointer storing checkpoints as deduplicated casstore snapshots."""
+
+    def __init__(self, store: Store, *, serde: SerializerProtocol | None = None, owns_store: bool = False) -> None:
+        super().__init__(serde=serde)
+        self.store = store
+        self._owns_store = owns_store
+        self._lock = threading.RLock()
+        self._threads: OrderedDict[str, _Thread] = OrderedDict()
+        # (thread, ns, channel) -> {id(obj): (obj, fingerprint, item)} of the last stored list
+        self._items: OrderedDict[tuple[str, str, str], dict[int, tuple[Any, Any, bytes]]] = OrderedDict()
+
+    @classmethod
+    def from_url(cls, url: str | None = None, *, serde: SerializerProtocol | None = None,
+                 **open_kwargs: Any) -> "CasstoreSaver":
+        """Open (or create) the repository at url and wrap it; closing the saver closes the store."""
+        from .. import store as _store
+        return cls(_store.open(url, **open_kwargs), serde=serde, owns_store=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._threads.clear()
+            self._items.clear()
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> "CasstoreSaver":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "CasstoreSaver":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+    def refresh(self, thread_id: str | None = None) -> None:
+        """Forget cached listings (of one thread or all) so the next read re-reads the index."""
+        with self._lock:
+            if thread_id is None:
+                self._threads.clear()
+            else:
+                self._threads.pop(str(thread_id), None)
+
+    # ------------------------------------------------------------------ listing cache
+    def _thread(self, thread_id: str, reload: bool = False) -> _Thread:
+        thread_id = str(thread_id)
+        with self._lock:
+            th = None if reload else self._threads.get(thread_id)
+            if th is None:
+                th = self._load_thread(self.store.list(agent_id(thread_id)))
+                self._remember(thread_id, th)
+            else:
+                self._threads.move_to_end(thread_id)
+            return th
+
+    def _remember(self, thread_id: str, th: _Thread) -> None:
+        self._threads[thread_id] = th
+        self._threads.move_to_end(thread_id)
+        while len(self._threads) > MAX_CACHED_THREADS:
+            self._threads.popitem(last=False)
+
+    @staticmethod
+    def _load_thread(infos: list[SnapshotInfo]) -> _Thread:
+        th = _Thread()
+        for info in infos:  # oldest first: later snapshots of the same checkpoint id win
+            _add_info(th, info)
+        return th
+
+    def _all_threads(self) -> list[str]:
+        """Every thread in the store (re-reads the index and refreshes the cache)."""
+        by_thread: dict[str, list[SnapshotInfo]] = {}
+        for info in self.store.list():
+            if info.agent_id.startswith(AGENT_PREFIX) and info.metadata.get("langgraph") in (KIND_CHECKPOINT, KIND_WRITES):
+                by_thread.setdefault(info.metadata.get("thread_id", info.agent_id[len(AGENT_PREFIX):]), []).append(info)
+        with self._lock:
+            self._threads.clear()
+            for tid, infos in by_thread.items():
+                self._remember(tid, self._load_thread(infos))
+        return sorted(by_thread)
+
+    # ------------------------------------------------------------------ encoding
+    def _encode_items(self, key: tuple[str, str, str], values: list, merge: bool = False) -> list[bytes]:
+        """Serialize list elements one by one, reusing what the last put of this channel stored."""
+        old = self._items.get(key) or {}
+        new: dict[int, tuple[Any, Any, bytes]] = dict(old) if merge else {}
+        out = []
+        dumps = self.serde.dumps_typed
+        for v in values:
+            k = id(v)
+            hit = old.get(k)
+            if hit is not None and hit[0] is v:
+                fp = _fingerprint(v)
+                if fp == hit[1]:
+                    new[k] = hit
+                    out.append(hit[2])
+                    continue
+            item = _item(dumps(v))
+            if isinstance(v, _IMMUTABLE) or hasattr(v, "content"):
+                new[k] = (v, _fingerprint(v), item)
+            out.append(item)
+        self._items[key] = new
+        self._items.move_to_end(key)
+        while len(self._items) > MAX_CACHED_THREADS * 4:
+            self._items.popitem(last=False)
+        return out
+
+    def _encode_checkpoint(self, thread_id: str, ns: str, checkpoint: dict, values: dict) -> dict:
+        lists, others = {}, {}
+        for name, value in values.items():
+            if type(value) is list:
+                lists[name] = self._encode_items((thread_id, ns, name), value)
+            else:
+                others[name] = _item(self.serde.dumps_typed(value))
+        return {"format": FORMAT, "lists": lists, "values": others,
+                "checkpoint": _item(self.serde.dumps_typed(checkpoint))}
+
+    def _decode_checkpoint(self, state: dict) -> Checkpoint:
+        loads = self.serde.loads_typed
+        checkpoint = loads(_typed(state["checkpoint"]))
+        values: dict[str, Any] = {name: [loads(_typed(i)) for i in items] for name, items in state["lists"].items()}
+        for name, item in state["values"].items():
+            values[name] = loads(_typed(item))
+        checkpoint["channel_values"] = values
+        return checkpoint
+
+    def _metadata(self, ck: _Ckpt) -> dict:
+        if ck._md is None:
+            if "metadata" in ck.meta:
+                ck._md = ck.meta["metadata"]
+            else:
+                ck._md = self.serde.loads_typed(_typed(ck.meta["metadata_typed"]))
+        return ck._md
+
+    def _metadata_fields(self, md: dict) -> dict:
+        try:
+            if msgpack.unpackb(msgpack.packb(md, use_bin_type=True), raw=False, strict_map_key=False) == md:
+                return {"metadata": md}
+        except (TypeError, ValueError, OverflowError):
+            pass
+        return {"metadata_typed": _item(self.serde.dumps_typed(md))}
+
+    # ------------------------------------------------------------------ reading
+    def _find(self, config: RunnableConfig) -> tuple[str, str, _Ckpt] | None:
+        conf = config["configurable"]
+        tid, ns = str(conf["thread_id"]), conf.get("checkpoint_ns", "")
+        cid = get_checkpoint_id(config)
+        th = self._thread(tid)
+        if cid:
+            ck = th.ckpts.get(ns, {}).get(cid)
+            if ck is None:  # maybe written by another saver since we listed
+                ck = self._thread(tid, reload=True).ckpts.get(ns, {}).get(cid)
+        else:
+            ns_ckpts = th.ckpts.get(ns)
+            if not ns_ckpts:
+                ns_ckpts = self._thread(tid, reload=True).ckpts.get(ns)
+            ck = ns_ckpts[max(ns_ckpts)] if ns_ckpts else None
+        return None if ck is None else (tid, ns, ck)
+
+    def _tuple(self, tid: str, ns: str, ck: _Ckpt) -> CheckpointTuple | None:
+        try:
+            state = self.store.restore(ck.snap_id)
+        except SnapshotNotFoundError:
+            return None
+        checkpoint = self._decode_checkpoint(state)
+        return CheckpointTuple(
+            config={"configurable": {"thread_id": tid, "checkpoint_ns": ns, "checkpoint_id": ck.checkpoint_id}},
+            checkpoint=checkpoint,
+            metadata=self._metadata(ck),
+            parent_config=({"configurable": {"thread_id": tid, "checkpoint_ns": ns,
+                                             "checkpoint_id": ck.parent_id}} if ck.parent_id else None),
+            pending_writes=self._pending_writes(tid, ns, ck.checkpoint_id),
+        )
+
+    def _pending_writes(self, tid: str, ns: str, cid: str) -> list[tuple[str, str, Any]]:
+        with self._lock:
+            entries = list(self._thread(tid).writes.get((ns, cid), ()))
+        merged: dict[tuple[str, int], tuple[str, str, bytes, str]] = {}
+        for w in entries:
+            try:
+                state = self.store.restore(w.snap_id)
+            except SnapshotNotFoundError:
+                continue
+            for task_id, channel, idx, task_path, item in state["writes"]:
+                key = (task_id, idx)
+                if idx >= 0 and key in merged:
+                    continue
+                merged[key] = (task_id, channel, item, task_path)
+        ordered = sorted(merged.items(), key=lambda kv: writes_sort_key(kv[1][3], *kv[0]))
+        return [(task_id, channel, self._load_item(item)) for _, (task_id, channel, item, _path) in ordered]
+
+    def _load_item(self, item: bytes | list) -> Any:
+        if isinstance(item, list):
+            return [self.serde.loads_typed(_typed(i)) for i in item]
+        return self.serde.loads_typed(_typed(item))
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        found = self._find(config)
+        return None if found is None else self._tuple(*found)
+
+    def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+             before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
+        if config is not None:
+            thread_ids = [str(config["configurable"]["thread_id"])]
+            want_ns = config["configurable"].get("checkpoint_ns")
+            want_id = get_checkpoint_id(config)
+        else:
+            thread_ids, want_ns, want_id = self._all_threads(), None, None
+        before_id = get_checkpoint_id(before) if before else None
+        candidates: list[tuple[str, str, _Ckpt]] = []
+        for tid in thread_ids:
+            th = self._thread(tid)
+            with self._lock:
+                for ns, ckpts in th.ckpts.items():
+                    if want_ns is not None and ns != want_ns:
+                        continue
+                    for cid, ck in ckpts.items():
+                        if want_id and cid != want_id:
+                            continue
+                        if before_id and cid >= before_id:
+                            continue
+                        if filter:
+                            md = self._metadata(ck)
+                            if not all(md.get(k) == v for k, v in filter.items()):
+                                continue
+                        candidates.append((tid, ns, ck))
+        candidates.sort(key=lambda c: c[2].checkpoint_id, reverse=True)
+        if limit is not None:
+            candidates = candidates[:max(0, limit)]
+        for tid, ns, ck in candidates:
+            tup = self._tuple(tid, ns, ck)
+            if tup is not None:
+                yield tup
+
+    # ------------------------------------------------------------------ writing
+    def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+            new_versions: ChannelVersions) -> RunnableConfig:
+        conf = config["configurable"]
+        tid, ns = str(conf["thread_id"]), conf.get("checkpoint_ns", "")
+        parent_id = conf.get("checkpoint_id")
+        c = dict(checkpoint)
+        values = c.pop("channel_values", None) or {}
+        md = get_checkpoint_metadata(config, metadata)
+        md.pop("writes", None)
+        cid = checkpoint["id"]
+        with self._lock:
+            state = self._encode_checkpoint(tid, ns, c, values)
+            meta = {"langgraph": KIND_CHECKPOINT, "thread_id": tid, "checkpoint_ns": ns, "checkpoint_id": cid,
+                    "parent_checkpoint_id": parent_id, **self._metadata_fields(md)}
+            desc = f"langgraph {md.get('source', 'checkpoint')} step {md.get('step', '?')}"
+            th = self._thread(tid)
+            old = th.ckpts.get(ns, {}).get(cid)
+            info = self.store.snapshot(state, agent_id(tid), session_id(ns), description=desc, metadata=meta)
+            _add_info(th, info)
+            if old is not None and old.snap_id != info.id:  # the same checkpoint id put again: replace it
+                self._delete([old.snap_id])
+        return {"configurable": {"thread_id": tid, "checkpoint_ns": ns, "checkpoint_id": cid}}
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                   task_path: str = "") -> None:
+        conf = config["configurable"]
+        tid, ns, cid = str(conf["thread_id"]), conf.get("checkpoint_ns", ""), conf["checkpoint_id"]
+        with self._lock:
+            th = self._thread(tid)
+            have = {(w.task_id, i) for w in th.writes.get((ns, cid), ()) for i in w.keys}
+            rows, keys = [], []
+            for idx, (channel, value) in enumerate(writes):
+                i = WRITES_IDX_MAP.get(channel, idx)
+                if i >= 0 and (task_id, i) in have:
+                    continue
+                if type(value) is list:  # element by element, and remembered for the next put
+                    stored: Any = self._encode_items((tid, ns, channel), value, merge=True)
+                else:
+                    stored = _item(self.serde.dumps_typed(value))
+                rows.append([task_id, channel, i, task_path, stored])
+                keys.append(i)
+            if not rows:
+                return
+            meta = {"langgraph": KIND_WRITES, "thread_id": tid, "checkpoint_ns": ns, "checkpoint_id": cid,
+                    "task_id": task_id, "keys": keys}
+            info = self.store.snapshot({"format": FORMAT, "writes": rows}, agent_id(tid),
+                                       session_id(ns) + WRITES_SUFFIX,
+                                       description=f"langgraph writes of {task_id}", metadata=meta)
+            _add_info(th, info)
+
+    def _delete(self, snap_ids: list[str]) -> None:
+        for sid in snap_ids:
+            try:
+                self.store.delete(sid)
+            except SnapshotNotFoundError:
+                pass
+
+    def delete_thread(self, thread_id: str) -> None:
+        tid = str(thread_id)
+        with self._lock:
+            infos = self.store.list(agent_id(tid))
+            self._delete([i.id for i in infos])
+            self._threads.pop(tid, None)
+            for key in [k for k in self._items if k[0] == tid]:
+                del self._items[key]
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        src, dst = str(source_thread_id), str(target_thread_id)
+        with self._lock:
+            infos = self.store.list(agent_id(src))
+            th = self._thread(dst)
+            for info in infos:
+                if info.metadata.get("langgraph") not in (KIND_CHECKPOINT, KIND_WRITES):
+                    continue
+                state = self.store.restore(info.id)
+                meta = dict(info.metadata, thread_id=dst)
+                new = self.store.snapshot(state, agent_id(dst), info.session_id, description=info.description,
+                                          metadata=meta)
+                _add_info(th, new)
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"unknown prune strategy {strategy!r} (keep_latest or delete)")
+        for thread_id in thread_ids:
+            tid = str(thread_id)
+            if strategy == "delete":
+                self.delete_thread(tid)
+                continue
+            with self._lock:
+                th = self._thread(tid, reload=True)
+                doomed = []
+                for ns, ckpts in th.ckpts.items():
+                    if not ckpts:
+                        continue
+                    keep = max(ckpts)
+                    for cid, ck in ckpts.items():
+                        if cid != keep:
+                            doomed.append(ck.snap_id)
+                            doomed += [w.snap_id for w in th.writes.get((ns, cid), ())]
+                    doomed += [w.snap_id for (wns, wcid), ws in th.writes.items()
+                               if wns == ns and wcid not in ckpts for w in ws]
+                self._delete(doomed)
+                self._threads.pop(tid, None)
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        runs = {str(r) for r in run_ids}
+        if not runs:
+            return
+        with self._lock:
+            for tid in self._all_threads():
+                th = self._thread(tid)
+                doomed = []
+                for ns, ckpts in th.ckpts.items():
+                    for cid, ck in ckpts.items():
+                        if str(self._metadata(ck).get("run_id")) in runs:
+                            doomed.append(ck.snap_id)
+                            doomed += [w.snap_id for w in th.writes.get((ns, cid), ())]
+                if doomed:
+                    self._delete(doomed)
+                    self._threads.pop(tid, None)
+
+    # ------------------------------------------------------------------ async
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+                    before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        items = await asyncio.to_thread(lambda: list(self.list(config, filter=filter, before=before, limit=limit)))
+        for item in items:
+            yield item
+
+    async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+                   new_versions: ChannelVersions) -> RunnableConfig:
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                          task_path: str = "") -> None:
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+
+def _add_info(th: _Thread, info: SnapshotInfo) -> None:
+    meta = info.metadata
+    kind = meta.get("langgraph")
+    ns = meta.get("checkpoint_ns", "")
+    if kind == KIND_CHECKPOINT:
+        cid = meta["checkpoint_id"]
+        th.ckpts.setdefault(ns, {})[cid] = _Ckpt(info.id, cid, meta.get("parent_checkpoint_id"), meta)
+    elif kind == KIND_WRITES:
+        cid = meta["checkpoint_id"]
+        th.writes.setdefault((ns, cid), []).append(_Writes(info.id, cid, meta.get("task_id", ""),
+                                                           list(meta.get("keys", ()))))
