@@ -36,6 +36,12 @@ class Lane:
     mismatch: str | None = None
     error_trace: str | None = None
 
+    def record(self, snap: Any, seconds: float) -> None:
+        self.ids.append(snap.id)
+        self.raw.append(snap.raw_bytes)
+        self.times.append(seconds)
+        self.extras.append(snap.extra)
+
     def fail(self, exc: BaseException) -> None:
         if isinstance(exc, ToolUnavailable):
             self.status = str(exc) if str(exc) == "not installed" else f"unavailable: {exc}"
@@ -86,9 +92,8 @@ def run_state_workload(ctx: Context, bench: str, states: Iterable[Any], n_steps:
             except Exception as exc:
                 lane.fail(exc)
                 continue
-            lane.ids.append(snap.id), lane.raw.append(snap.raw_bytes)
-            lane.times.append(seconds), lane.extras.append(snap.extra)
-        ctx.log(f"  {bench} step {step + 1}/{n_steps}") if (step + 1) % max(1, n_steps // 5) == 0 else None
+            lane.record(snap, seconds)
+        _progress(ctx, bench, step, n_steps)
     for lane in lanes:
         if lane.tool is None:
             continue
@@ -123,9 +128,8 @@ def run_dir_workload(ctx: Context, bench: str, root: Path, steps: Iterable[int],
             except Exception as exc:
                 lane.fail(exc)
                 continue
-            lane.ids.append(snap.id), lane.raw.append(snap.raw_bytes)
-            lane.times.append(seconds), lane.extras.append(snap.extra)
-        ctx.log(f"  {bench} step {step + 1}/{n_steps}") if (step + 1) % max(1, n_steps // 5) == 0 else None
+            lane.record(snap, seconds)
+        _progress(ctx, bench, step, n_steps)
     out_root = ctx.scratch / bench / "_restored"
     for lane in lanes:
         if lane.tool is None:
@@ -144,6 +148,11 @@ def run_dir_workload(ctx: Context, bench: str, root: Path, steps: Iterable[int],
             lane.fail(exc)
     shutil.rmtree(kept_root, ignore_errors=True)
     return _rows(bench, lanes)
+
+
+def _progress(ctx: Context, bench: str, step: int, n_steps: int) -> None:
+    if (step + 1) % max(1, n_steps // 5) == 0:
+        ctx.log(f"  {bench} step {step + 1}/{n_steps}")
 
 
 def _rows(bench: str, lanes: list[Lane]) -> list[dict[str, Any]]:

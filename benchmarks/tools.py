@@ -22,8 +22,11 @@ def state_tools(with_cli: bool = True) -> dict[str, Callable[..., Any]]:
     return tools
 
 
-def dir_tools(with_cli: bool = True) -> dict[str, Callable[..., Any]]:
+def dir_tools(with_cli: bool = True, with_borg: bool = True) -> dict[str, Callable[..., Any]]:
+    """Directory tools; restic stays whenever CLIs are wanted (the workspace target is against it)."""
     tools: dict[str, Callable[..., Any]] = {"tar-zstd": TarZstdBaseline, "casstore": CasstoreTool}
     if with_cli:
-        tools.update({"restic": ResticBaseline, "borg": BorgBaseline})
+        tools["restic"] = ResticBaseline
+        if with_borg:
+            tools["borg"] = BorgBaseline
     return tools
