@@ -1,0 +1,348 @@
+"""Commands that make and read snapshots: init, snapshot, restore, ls, show, diff."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import decimal
+import json
+import os
+import sys
+import uuid
+from collections import Counter
+from typing import Any
+
+import click
+import msgpack
+
+import casstore
+from casstore import dirsnap
+from casstore.backend import Backend
+from casstore.repository import CONFIG_KEY
+
+from casstore_cli.app import App, fail
+from casstore_cli.output import echo_json, human_bytes, key_values, local_time, plain, table
+
+pass_app = click.make_pass_decorator(App)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+MAX_STATE_PATHS = 200      # state paths listed by diff before it summarises
+STATE_DIFF_DEPTH = 6       # how deep diff compares nested containers
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (init, snapshot, restore, ls, show, diff):
+        cli.add_command(cmd)
+
+
+# init ------------------------------------------------------------------------
+
+@click.command()
+@click.argument("url", required=False)
+@json_option
+@pass_app
+def init(app: App, url: str | None, as_json: bool) -> None:
+    """Create a repository at URL (default: --repo, $CASSTORE_REPO, else ./.casstore)."""
+    if url:
+        app.repo_flag = url
+    target, source = app.repo_url()
+    probe = Backend(target)
+    try:
+        if probe.exists(CONFIG_KEY):
+            raise fail(f"{probe.url} is already a casstore repository")
+    finally:
+        probe.close()
+    store = app.open(create=True)
+    repo_id = store._repo.config.repo_id
+    if as_json or app.json:
+        echo_json({"url": store.url, "id": repo_id, "source": source})
+    else:
+        app.info(f"created casstore repository {repo_id[:12]} at {store.url}")
+
+
+# snapshot ----------------------------------------------------------------------
+
+def _parse_meta(items: tuple[str, ...]) -> dict:
+    meta = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--meta")
+        meta[key] = value
+    return meta
+
+
+def _read_state(data: bytes, fmt: str) -> Any:
+    """The state piped on stdin, as JSON or msgpack (auto: JSON if it parses, else msgpack)."""
+    if fmt in ("json", "auto"):
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, ValueError) as e:
+            if fmt == "json":
+                raise fail(f"stdin is not valid JSON: {e}") from None
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
+        raise fail(f"stdin is neither JSON nor msgpack ({type(e).__name__}: {e})") from None
+
+
+@click.command()
+@click.argument("path")
+@click.option("--agent", "agent_id", default="default", show_default=True, help="Agent the snapshot belongs to.")
+@click.option("--session", "session_id", default="default", show_default=True, help="Session (lineage) of the agent.")
+@click.option("-m", "--description", help="A note stored with the snapshot.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata to attach (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths (relative path or name) matching GLOB.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "json", "msgpack"]), default="auto",
+              show_default=True, help="Format of a state read from stdin (PATH '-').")
+@json_option
+@pass_app
+def snapshot(app: App, path: str, agent_id: str, session_id: str, description: str | None, meta: tuple[str, ...],
+             exclude: tuple[str, ...], fmt: str, as_json: bool) -> None:
+    """Snapshot a directory or file at PATH, or a JSON/msgpack state from stdin with PATH '-'."""
+    metadata = _parse_meta(meta)
+    store = app.store()
+    if path == "-":
+        state = _read_state(sys.stdin.buffer.read(), fmt)
+        info = store.snapshot(state, agent_id, session_id, description=description, metadata=metadata)
+    else:
+        if not os.path.lexists(path):
+            raise fail(f"{path}: no such file or directory")
+        info = store.snapshot_dir(path, agent_id, session_id, description=description, metadata=metadata,
+                                  exclude=list(exclude), progress=app.progress("snapshot"))
+    if as_json or app.json:
+        echo_json(info)
+    elif app.quiet:
+        click.echo(info.id)
+    else:
+        click.echo(f"snapshot {info.id} saved ({info.kind}, {info.agent_id}/{info.session_id} #{info.index})")
+        click.echo(f"  {human_bytes(info.raw_size)} in {info.chunk_count} chunks; new: "
+                   f"{info.new_chunk_count} chunks, {human_bytes(info.stored_size)} stored")
+
+
+# restore -----------------------------------------------------------------------
+
+def _json_default(obj: Any) -> Any:
+    """JSON for values msgpack/JSON lack: arrays as lists, times as ISO strings, sets as lists."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (_dt.datetime, _dt.date, _dt.time)):
+        return obj.isoformat()
+    if isinstance(obj, (uuid.UUID, decimal.Decimal, _dt.timedelta)):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    raise TypeError(f"a {type(obj).__name__} cannot be written as JSON; restore to a .msgpack file instead")
+
+
+def _msgpack_default(obj: Any) -> Any:
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    return _json_default(obj)
+
+
+def _write_state(state: Any, dest: str, overwrite: bool) -> int:
+    if dest == "-":
+        data = json.dumps(state, default=_json_default, indent=2).encode() + b"\n"
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return len(data)
+    if os.path.lexists(dest) and not overwrite:
+        raise fail(f"restore destination {dest} exists (pass --overwrite)")
+    if dest.endswith(".json"):
+        data = json.dumps(state, default=_json_default, indent=2).encode() + b"\n"
+    else:
+        data = msgpack.packb(state, default=_msgpack_default, use_bin_type=True)
+    tmp = f"{dest}.casstore-tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, dest)
+    return len(data)
+
+
+@click.command()
+@click.argument("snapshot_id", metavar="ID")
+@click.argument("dest")
+@click.option("--overwrite", is_flag=True, help="Restore into a non-empty folder / over an existing file.")
+@pass_app
+def restore(app: App, snapshot_id: str, dest: str, overwrite: bool) -> None:
+    """Restore snapshot ID: a directory snapshot into folder DEST, a state into file DEST.
+
+    A state is written as JSON when DEST ends in .json (or is '-', stdout), as msgpack otherwise.
+    """
+    store = app.store()
+    info = store.get_metadata(snapshot_id)
+    if info.kind == "dir":
+        store.restore_dir(info.id, dest, overwrite=overwrite, progress=app.progress("restore"))
+        app.info(f"restored {info.id[:12]} ({human_bytes(info.raw_size)}) into {os.path.abspath(dest)}")
+        return
+    n = _write_state(store.restore(info.id), dest, overwrite)
+    if dest != "-":
+        app.info(f"restored {info.id[:12]} into {dest} ({human_bytes(n)})")
+
+
+# ls / show -----------------------------------------------------------------------
+
+@click.command()
+@click.option("--agent", "agent_id", help="Only this agent's snapshots.")
+@click.option("--session", "session_id", help="Only this session (needs --agent).")
+@json_option
+@pass_app
+def ls(app: App, agent_id: str | None, session_id: str | None, as_json: bool) -> None:
+    """List snapshots, oldest first."""
+    if session_id is not None and agent_id is None:
+        raise click.UsageError("--session needs --agent")
+    infos = app.store().list(agent_id, session_id)
+    if as_json or app.json:
+        echo_json(infos)
+        return
+    rows = [[i.id[:12], local_time(i.timestamp), f"{i.agent_id}/{i.session_id}", i.index, i.kind,
+             human_bytes(i.raw_size), human_bytes(i.stored_size), i.description or ""] for i in infos]
+    table(rows, ["ID", "TIME", "AGENT/SESSION", "#", "KIND", "SIZE", "NEW", "DESCRIPTION"])
+
+
+def _dir_summary(store: casstore.Store, snap_id: str) -> dict:
+    repo = store._repo
+    listing = dirsnap.read_listing(repo, repo.fields(bytes.fromhex(snap_id)))
+    kinds = Counter(e["t"] for e in listing)
+    return {"files": kinds["f"], "dirs": kinds["d"], "symlinks": kinds["l"],
+            "sqlite_databases": sum(1 for e in listing if e.get("q")),
+            "file_bytes": sum(e.get("s", 0) for e in listing if e["t"] == "f")}
+
+
+@click.command()
+@click.argument("snapshot_id", metavar="ID")
+@json_option
+@pass_app
+def show(app: App, snapshot_id: str, as_json: bool) -> None:
+    """Metadata, sizes, Merkle root, parent and chunk counts of snapshot ID."""
+    store = app.store()
+    info = store.get_metadata(snapshot_id)
+    data = info.to_dict()
+    data["unique_chunks"] = len(set(store.chunks(info.id)))
+    if info.kind == "dir":
+        data["tree"] = _dir_summary(store, info.id)
+    if as_json or app.json:
+        echo_json(data)
+        return
+    pairs = [("id", info.id), ("kind", info.kind), ("agent", info.agent_id), ("session", info.session_id),
+             ("position", info.index), ("time", f"{local_time(info.timestamp)} ({info.time.isoformat()})"),
+             ("description", info.description or "-"), ("parent", info.parent or "-"), ("merkle root", info.root),
+             ("size", f"{human_bytes(info.raw_size)} ({info.raw_size} bytes)"),
+             ("new bytes stored", f"{human_bytes(info.stored_size)} ({info.stored_size} bytes)"),
+             ("chunks", f"{info.chunk_count} ({data['unique_chunks']} unique, {info.new_chunk_count} new)")]
+    if info.metadata:
+        pairs.append(("metadata", json.dumps(plain(info.metadata), sort_keys=True)))
+    if info.kind == "dir":
+        t = data["tree"]
+        pairs.append(("tree", f"{t['files']} files ({human_bytes(t['file_bytes'])}), {t['dirs']} dirs, "
+                              f"{t['symlinks']} symlinks, {t['sqlite_databases']} SQLite databases"))
+    key_values(pairs)
+
+
+# diff ------------------------------------------------------------------------------
+
+def _chunk_diff(store: casstore.Store, a: casstore.SnapshotInfo, b: casstore.SnapshotInfo) -> dict:
+    repo = store._repo
+    ea = repo.entries(repo.fields(bytes.fromhex(a.id)))
+    eb = repo.entries(repo.fields(bytes.fromhex(b.id)))
+    sa, sb = dict(ea), dict(eb)
+    added = sb.keys() - sa.keys()
+    removed = sa.keys() - sb.keys()
+    return {"chunks_added": len(added), "chunks_removed": len(removed),
+            "bytes_added": sum(sb[h] for h in added), "bytes_removed": sum(sa[h] for h in removed),
+            "size_a": a.raw_size, "size_b": b.raw_size}
+
+
+def _state_paths(a: Any, b: Any, path: str, depth: int, out: list[dict]) -> None:
+    """Shallow recursive compare of two restored states, collecting changed paths."""
+    if len(out) >= MAX_STATE_PATHS or _same(a, b):
+        return
+    if isinstance(a, dict) and isinstance(b, dict) and depth < STATE_DIFF_DEPTH:
+        for k in b.keys() - a.keys():
+            out.append({"path": f"{path}[{k!r}]", "change": "added"})
+        for k in a.keys() - b.keys():
+            out.append({"path": f"{path}[{k!r}]", "change": "removed"})
+        for k in a.keys() & b.keys():
+            _state_paths(a[k], b[k], f"{path}[{k!r}]", depth + 1, out)
+        return
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and depth < STATE_DIFF_DEPTH:
+        for i in range(min(len(a), len(b))):
+            _state_paths(a[i], b[i], f"{path}[{i}]", depth + 1, out)
+        if len(a) != len(b):
+            out.append({"path": path, "change": f"length {len(a)} -> {len(b)}"})
+        return
+    out.append({"path": path, "change": "modified"})
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        import numpy as np
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - exotic __eq__
+        return False
+
+
+@click.command()
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@json_option
+@pass_app
+def diff(app: App, a: str, b: str, as_json: bool) -> None:
+    """What changed from snapshot A to snapshot B: files or state paths, chunks and bytes."""
+    store = app.store()
+    ia, ib = store.get_metadata(a), store.get_metadata(b)
+    result: dict[str, Any] = {"a": ia.id, "b": ib.id, "kind": ia.kind if ia.kind == ib.kind else "mixed"}
+    result.update(_chunk_diff(store, ia, ib))
+    if ia.kind == ib.kind == "dir":
+        repo = store._repo
+        d = dirsnap.diff_dirs(repo, repo.fields(bytes.fromhex(ia.id)), repo.fields(bytes.fromhex(ib.id)))
+        result["files"] = d.to_dict()
+    elif ia.kind == ib.kind == "state":
+        try:
+            sa, sb = store.restore(ia.id), store.restore(ib.id)
+        except casstore.CasstoreError as e:
+            result["paths_error"] = str(e)
+        else:
+            paths: list[dict] = []
+            _state_paths(sa, sb, "state", 0, paths)
+            result["paths"] = sorted(paths, key=lambda p: p["path"])
+            result["paths_truncated"] = len(paths) >= MAX_STATE_PATHS
+    if as_json or app.json:
+        echo_json(result)
+        return
+    _print_diff(result)
+
+
+def _print_diff(r: dict) -> None:
+    click.echo(f"diff {r['a'][:12]} -> {r['b'][:12]}")
+    if "files" in r:
+        f = r["files"]
+        for x in f["added"]:
+            click.echo(f"+ {x['path']}" + ("" if x["type"] != "file" else f" ({human_bytes(x['size'])})")
+                       + ("/" if x["type"] == "dir" else ""))
+        for x in f["removed"]:
+            click.echo(f"- {x['path']}" + ("" if x["type"] != "file" else f" ({human_bytes(x['size'])})")
+                       + ("/" if x["type"] == "dir" else ""))
+        for x in f["modified"]:
+            sizes = f" ({human_bytes(x['old_size'])} -> {human_bytes(x['new_size'])})" if x["type"] == "file" else ""
+            click.echo(f"M {x['path']}{sizes} {','.join(x['changes'])}")
+        click.echo(f"{len(f['added'])} added ({human_bytes(f['added_bytes'])}), {len(f['removed'])} removed "
+                   f"({human_bytes(f['removed_bytes'])}), {len(f['modified'])} modified")
+    for p in r.get("paths", []):
+        mark = {"added": "+", "removed": "-"}.get(p["change"], "M")
+        click.echo(f"{mark} {p['path']}" + ("" if p["change"] in ("added", "removed", "modified") else f" ({p['change']})"))
+    if r.get("paths_truncated"):
+        click.echo(f"... (first {MAX_STATE_PATHS} paths shown)")
+    if r.get("paths_error"):
+        click.echo(f"(state paths not compared: {r['paths_error']})")
+    click.echo(f"chunks: {r['chunks_added']} added ({human_bytes(r['bytes_added'])}), {r['chunks_removed']} removed "
+               f"({human_bytes(r['bytes_removed'])}); size {human_bytes(r['size_a'])} -> {human_bytes(r['size_b'])}")
