@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import re
 from typing import Any
 
 import click
 
 import casstore
+from casstore import retention
 from casstore.backend import Backend
 from casstore.repository import CONFIG_KEY, Repository
 
 from casstore_cli.app import App, fail
-from casstore_cli.output import echo_json, human_bytes, key_values, plain
+from casstore_cli.output import echo_json, human_bytes, key_values, local_time, plain
 
 pass_app = click.make_pass_decorator(App)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -43,8 +42,10 @@ def _print_report(report: Any, skip: tuple[str, ...] = ()) -> None:
             continue
         if isinstance(v, (list, dict)):
             v = f"{len(v)} item(s)" if v else "none"
-        elif isinstance(v, int) and not isinstance(v, bool) and k.endswith("bytes"):
+        elif isinstance(v, int) and not isinstance(v, bool) and "bytes" in k:
             v = f"{human_bytes(v)} ({v})"
+        elif isinstance(v, float):
+            v = round(v, 3)
         pairs.append((k.replace("_", " "), v))
     key_values(pairs)
 
@@ -62,13 +63,15 @@ def verify(app: App, snapshot_id: str | None, read_data: bool, as_json: bool) ->
     report = _method(store, "verify", "verify")(id=snapshot_id, deep=read_data)
     ok = bool(getattr(report, "ok", False))
     problems = list(getattr(report, "problems", []) or [])
+    errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
     if as_json or app.json:
         echo_json(report)
     else:
         for p in problems:
-            click.echo(f"problem: {p}", err=True)
+            label = "problem" if getattr(p, "severity", "error") == "error" else "note"
+            click.echo(f"{label}: {p}", err=True)
         _print_report(report, skip=("problems", "ok"))
-        click.echo("ok: no problems found" if ok else f"FAILED: {len(problems)} problem(s) found")
+        click.echo("ok: no problems found" if ok else f"FAILED: {len(errors)} problem(s) found")
     if not ok:
         raise click.exceptions.Exit(1)
 
@@ -90,42 +93,48 @@ def gc(app: App, dry_run: bool, as_json: bool) -> None:
     _print_report(report)
 
 
-_DURATION = re.compile(r"^\s*(?:(\d+)y)?\s*(?:(\d+)w)?\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
-
-
-def parse_duration(text: str) -> _dt.timedelta:
-    """'7d', '12h', '1w2d', '90m', '30s' (y = 365 days) as a timedelta."""
-    m = _DURATION.match(text or "")
-    if not text or not m or not any(m.groups()):
-        raise click.BadParameter(f"{text!r} is not a duration like 7d, 12h, 1w2d, 30m", param_hint="--keep-within")
-    y, w, d, h, mi, s = (int(g or 0) for g in m.groups())
-    return _dt.timedelta(days=365 * y + 7 * w + d, hours=h, minutes=mi, seconds=s)
+def _check_duration(text: str) -> None:
+    try:
+        retention.parse_duration(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--keep-within") from None
 
 
 @click.command()
 @click.option("--keep-last", type=click.IntRange(min=0), help="Keep the newest N snapshots of each lineage.")
-@click.option("--keep-within", metavar="DURATION", help="Keep snapshots newer than DURATION (e.g. 7d, 12h).")
+@click.option("--keep-within", metavar="DURATION",
+              help="Keep snapshots within DURATION of each lineage's newest (e.g. 7d, 12h, 1w2d).")
+@click.option("--keep-daily", type=click.IntRange(min=0), help="Keep the newest snapshot of each of the last N days.")
 @click.option("--agent", "agent_id", help="Only this agent's snapshots.")
 @click.option("--session", "session_id", help="Only this session (needs --agent).")
 @click.option("--dry-run", is_flag=True, help="Only say what would be forgotten.")
 @json_option
 @pass_app
-def forget(app: App, keep_last: int | None, keep_within: str | None, agent_id: str | None, session_id: str | None,
-           dry_run: bool, as_json: bool) -> None:
-    """Apply a retention policy: forget snapshots not kept by --keep-last / --keep-within (then run gc)."""
-    if keep_last is None and keep_within is None:
-        raise click.UsageError("give a policy: --keep-last N and/or --keep-within DURATION")
+def forget(app: App, keep_last: int | None, keep_within: str | None, keep_daily: int | None, agent_id: str | None,
+           session_id: str | None, dry_run: bool, as_json: bool) -> None:
+    """Apply a retention policy per lineage; `casstore gc` then frees the space."""
+    if keep_last is None and keep_within is None and keep_daily is None:
+        raise click.UsageError("give a policy: --keep-last N, --keep-within DURATION and/or --keep-daily N")
     if session_id is not None and agent_id is None:
         raise click.UsageError("--session needs --agent")
-    within = parse_duration(keep_within) if keep_within is not None else None
-    report = _method(app.store(), "forget", "forget")(keep_last=keep_last, keep_within=within, agent_id=agent_id,
-                                                       session_id=session_id, dry_run=dry_run)
+    if keep_within is not None:
+        _check_duration(keep_within)
+    kwargs: dict[str, Any] = {"keep_last": keep_last, "keep_within": keep_within, "agent_id": agent_id,
+                              "session_id": session_id, "dry_run": dry_run}
+    if keep_daily is not None:
+        kwargs["keep_daily"] = keep_daily
+    forgotten = _method(app.store(), "forget", "forget")(**kwargs)
     if as_json or app.json:
-        echo_json(report)
+        echo_json({"dry_run": dry_run, "forgotten": forgotten})
         return
-    if dry_run:
-        click.echo("dry run: nothing was forgotten")
-    _print_report(report)
+    verb = "would forget" if dry_run else "forgot"
+    if not forgotten:
+        click.echo(f"{'dry run: ' if dry_run else ''}nothing to forget")
+        return
+    for i in forgotten:
+        click.echo(f"{verb} {i.id[:12]}  {local_time(i.timestamp)}  {i.agent_id}/{i.session_id} #{i.index}  "
+                   f"{i.description or ''}".rstrip())
+    click.echo(f"{verb} {len(forgotten)} snapshot(s)" + ("" if dry_run else "; run `casstore gc` to free space"))
 
 
 # stats -------------------------------------------------------------------------
