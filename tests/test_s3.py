@@ -1,0 +1,246 @@
+"""casstore on a real S3 API (moto's server on loopback): round trips, two machines on
+one bucket, copy between repositories, index loss, request counts, faults and crashes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import casstore
+from casstore.config import cache_dir
+
+from .helpers import add_turn, chat_state, deep_equal
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _open(url, options, index_dir):
+    return casstore.open(url, storage_options=options, index_path=str(index_dir))
+
+
+def _big_chat(nbytes: int = 2 << 20) -> dict:
+    state = chat_state(20)
+    seed = 1000
+    while sum(len(m["content"]) for m in state["messages"]) < nbytes:
+        state["messages"].extend(chat_state(40, seed)["messages"])
+        seed += 1
+    for i, m in enumerate(state["messages"]):
+        m["id"] = i
+    return state
+
+
+# ------------------------------------------------------------------ round trip and two machines
+
+def test_chat_and_array_round_trip_on_s3(s3_server, s3_url, tmp_path):
+    chat = chat_state(30)
+    arr = np.random.default_rng(1).standard_normal((3000, 64)).astype(np.float32)
+    with _open(s3_url, s3_server.storage_options, tmp_path / "idx") as store:
+        a = store.snapshot(chat, agent_id="bot", session_id="s1")
+        b = store.snapshot({"emb": arr, "step": 1}, agent_id="bot", session_id="s2")
+        assert deep_equal(store.restore(a.id), chat)
+        got = store.restore(b.id)
+        assert deep_equal(got["emb"], arr) and got["step"] == 1
+        assert [i.id for i in store.list()] == [a.id, b.id]
+    # a fresh index (another process, same cache folder) sees the same
+    with _open(s3_url, s3_server.storage_options, tmp_path / "idx") as store:
+        assert deep_equal(store.restore(agent_id="bot", session_id="s1"), chat)
+
+
+def test_two_machines_share_a_bucket_and_dedup(s3_server, s3_url, tmp_path):
+    opts = s3_server.storage_options
+    state = _big_chat(300_000)
+    with _open(s3_url, opts, tmp_path / "m1") as m1, _open(s3_url, opts, tmp_path / "m2") as m2:
+        a = m1.snapshot(state, agent_id="a")
+        # m2 has never synced: restoring the unknown id syncs on its own
+        assert deep_equal(m2.restore(a.id), state)
+        # m2 now knows m1's chunks: the same state costs it (almost) nothing
+        b = m2.snapshot(state, agent_id="b")
+        assert b.stored_size < 1024 and b.new_chunk_count == 0
+        assert a.stored_size > 100_000
+        add_turn(state, 7)
+        c = m2.snapshot(state, agent_id="b")
+        assert c.stored_size < a.stored_size // 10
+        # m1 sees m2's snapshots on list (automatic sync) ...
+        assert {i.id for i in m1.list()} == {a.id, b.id, c.id}
+        assert deep_equal(m1.restore(c.id), state)
+        # ... and by explicit sync, restoring the latest of a lineage
+        d = m1.snapshot({"x": 1}, agent_id="a")
+        assert m2.sync() == 1
+        assert m2.restore(agent_id="a") == {"x": 1} and m2.get_metadata(d.id).agent_id == "a"
+
+
+# ------------------------------------------------------------------ copy
+
+def test_copy_local_to_s3_to_local_is_exact_and_incremental(s3_server, s3_url, tmp_path):
+    states = []
+    with casstore.open(str(tmp_path / "src")) as src:
+        state = chat_state(20)
+        state["emb"] = np.random.default_rng(2).standard_normal((2000, 32)).astype(np.float32)
+        ids = []
+        for i in range(3):
+            add_turn(state, i)
+            state["emb"][i] = i
+            ids.append(src.snapshot(state, agent_id="a").id)
+            states.append(src.restore(ids[-1]))
+        with _open(s3_url, s3_server.storage_options, tmp_path / "s3idx") as s3, \
+                casstore.open(str(tmp_path / "dst")) as dst:
+            up = src.copy_to(s3)
+            assert up.copied == ids and up.skipped == [] and up.chunks_sent > 0 and up.verified
+            down = s3.copy_to(dst)
+            assert down.copied == ids and down.chunks_sent == up.chunks_sent
+            for sid, want in zip(ids, states):
+                assert deep_equal(dst.restore(sid), want)
+                assert dst.chunks(sid) == src.chunks(sid)
+            assert [i.parent for i in dst.list()] == [None, ids[0], ids[1]]
+            # a second copy sends nothing
+            again = src.copy_to(s3)
+            assert again.copied == [] and again.skipped == ids and again.chunks_sent == again.bytes_sent == 0
+            # one new snapshot sends only its new chunks
+            add_turn(state, 99)
+            new = src.snapshot(state, agent_id="a")
+            step = src.copy_to(s3, ids=[new.id[:12]])
+            assert step.copied == [new.id] and 0 < step.bytes_sent < up.bytes_sent // 2
+            assert deep_equal(s3.restore(new.id), src.restore(new.id))
+
+
+# ------------------------------------------------------------------ index cache
+
+def test_deleted_index_cache_loses_nothing(s3_server, s3_url, tmp_path):
+    idx = tmp_path / "cache" / "idx"
+    states, ids = [], []
+    with _open(s3_url, s3_server.storage_options, idx) as store:
+        state = chat_state(10)
+        for i in range(3):
+            add_turn(state, i)
+            ids.append(store.snapshot(state).id)
+            states.append(store.restore(ids[-1]))
+    shutil.rmtree(tmp_path / "cache")
+    with _open(s3_url, s3_server.storage_options, idx) as store:
+        assert store.index_rebuild() == 3
+        for sid, want in zip(ids, states):
+            assert deep_equal(store.restore(sid), want)
+        assert [i.id for i in store.list()] == ids
+
+
+def test_default_index_of_a_remote_repo_is_under_the_cache_dir(s3_server, s3_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("CASSTORE_CACHE_DIR", str(tmp_path / "cc"))
+    assert cache_dir() == str(tmp_path / "cc")
+    with casstore.open(s3_url, storage_options=s3_server.storage_options) as store:
+        store.snapshot({"a": 1})
+        path = store._repo.index_path
+        assert os.path.commonpath([path, str(tmp_path / "cc")]) == str(tmp_path / "cc")
+        assert store._repo.config.repo_id in path and os.path.isdir(path)
+    monkeypatch.delenv("CASSTORE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == str(tmp_path / "xdg" / "casstore")
+
+
+# ------------------------------------------------------------------ request counts
+
+def test_one_message_step_makes_a_small_constant_number_of_requests(s3_proxy, s3_proxy_url, tmp_path):
+    state = _big_chat(2 << 20)
+    with _open(s3_proxy_url, s3_proxy.storage_options, tmp_path / "idx") as store:
+        store.snapshot(state)
+        steps = []
+        for i in range(4):
+            add_turn(state, 500 + i)
+            s3_proxy.reset_counts()
+            info = store.snapshot(state)
+            counts = dict(s3_proxy.counts)
+            steps.append(counts)
+            assert info.new_chunk_count <= 8, info
+            assert counts.get("PUT", 0) <= 3, counts
+            assert counts.get("GET", 0) + counts.get("HEAD", 0) + counts.get("LIST", 0) <= 2, counts
+            assert counts.get("DELETE", 0) + counts.get("POST", 0) == 0, counts
+        assert len({c.get("PUT", 0) for c in steps}) == 1, steps  # constant, whatever the history length
+
+
+# ------------------------------------------------------------------ faults
+
+SECRET_KEY = "AKIAFAKEKEY0123456789"
+SECRET = "s3cr3t-must-never-leak-0123456789"
+
+
+def _secret_options(proxy):
+    return {**proxy.storage_options, "key": SECRET_KEY, "secret": SECRET}
+
+
+def test_throttling_and_resets_mid_upload_are_retried(s3_proxy, s3_proxy_url, tmp_path):
+    state = _big_chat(400_000)
+    state["emb"] = np.random.default_rng(3).standard_normal((4000, 64)).astype(np.float32)
+    with _open(s3_proxy_url, _secret_options(s3_proxy), tmp_path / "idx") as store:
+        s3_proxy.fail_next(2, methods={"PUT"})
+        s3_proxy.reset_next(1, methods={"PUT"})
+        s3_proxy.fail_next(1, status=500, code="InternalError", methods={"PUT"})
+        info = store.snapshot(state)
+        assert s3_proxy.counts["PUT"] >= 2 + 4
+        s3_proxy.reset_next(1, methods={"GET"})
+        s3_proxy.fail_next(1, methods={"GET"})
+        assert deep_equal(store.restore(info.id), state)
+
+
+def test_permanent_failure_names_the_url_and_commits_nothing(s3_proxy, s3_proxy_url, tmp_path):
+    with _open(s3_proxy_url, _secret_options(s3_proxy), tmp_path / "idx") as store:
+        good = store.snapshot({"n": 0, "text": "x" * 5000})
+        s3_proxy.fail_always(methods={"PUT"})
+        with pytest.raises(casstore.StorageError) as err:
+            store.snapshot({"n": 1, "text": "y" * 5000})
+        message = str(err.value)
+        assert s3_proxy_url.replace("s3://", "") in message and "/packs/" in message
+        chain = []
+        e: BaseException | None = err.value
+        while e is not None and len(chain) < 10:
+            chain.append(f"{e!r} {e}")
+            e = e.__cause__ or e.__context__
+        for text in chain + [repr(store), message]:
+            assert SECRET not in text and SECRET_KEY not in text
+        s3_proxy.clear()
+        assert [i.id for i in store.list()] == [good.id]
+        assert store.restore(good.id) == {"n": 0, "text": "x" * 5000}
+    with _open(s3_proxy_url, s3_proxy.storage_options, tmp_path / "other") as fresh:
+        assert fresh.index_rebuild() == 1
+        assert fresh.restore(agent_id="default") == {"n": 0, "text": "x" * 5000}
+
+
+WRITER = r"""
+import json, sys, casstore, numpy as np
+sys.path.insert(0, {root!r})
+from tests.helpers import chat_state, add_turn
+store = casstore.open(sys.argv[1], storage_options=json.loads(sys.argv[2]), index_path=sys.argv[3])
+state = chat_state(20)
+state["emb"] = np.random.default_rng(0).normal(size=(2000, 128)).astype(np.float32)
+i = 0
+while True:
+    add_turn(state, i)
+    state["emb"][i % 2000] = i
+    info = store.snapshot(state, agent_id="w", session_id="s")
+    print(info.id, i, flush=True)
+    i += 1
+"""
+
+
+def test_sigkilled_writer_on_s3_leaves_earlier_snapshots_restorable(s3_server, s3_url, tmp_path):
+    import json
+    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT), s3_url,
+                             json.dumps(s3_server.storage_options), str(tmp_path / "writer-idx")],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    first = proc.stdout.readline()
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=30)
+    committed = [line.split() for line in (first + out).splitlines() if line.strip()]
+    assert committed, "the writer committed nothing before it was killed"
+    with _open(s3_url, s3_server.storage_options, tmp_path / "reader-idx") as store:
+        listed = {i.id for i in store.list()}
+        assert {sid for sid, _ in committed} <= listed
+        for sid in listed:  # every listed snapshot, including one the writer never reported, restores
+            assert store.restore(sid)["emb"].shape == (2000, 128)
+        for sid, step in committed:
+            assert store.restore(sid)["emb"][int(step) % 2000][0] == int(step)
