@@ -105,9 +105,7 @@ def _send(src: Repository, dst: Repository, todo: list[bytes]) -> list[tuple[byt
             break
         got: dict[bytes, bytes] = {}
         src._load(batch, lambda k, view: got.__setitem__(k, bytes(view)))
-        data_chunks = [(k, memoryview(got[k]), locs[k].itemsize) for k in batch if locs[k].kind != KIND_NODE]
-        node_chunks = [(k, got[k]) for k in batch if locs[k].kind == KIND_NODE]
-        packs = dst._pack(data_chunks, node_chunks)
+        packs = dst._pack([(k, memoryview(got[k]), locs[k].itemsize, locs[k].kind) for k in batch])
         dst.backend.put_many([(pack_key(pid), pdata) for pid, pdata, _ in packs])
         out += [(pid, len(pdata), ents) for pid, pdata, ents in packs]
         batch, size = [], 0

@@ -122,39 +122,46 @@ class Repository:
 
     # write path ---------------------------------------------------------
     def write(self, kind: str, streams: list[Stream], *, agent_id: str, session_id: str,
-              description: str | None, metadata: dict | None, parent: bytes | None | str = "head") -> tuple[bytes, dict]:
+              description: str | None, metadata: dict | None) -> tuple[bytes, dict]:
         """Store one snapshot made of streams (structure first, never reused); return (id, manifest fields)."""
         entries, chunks = self._chunk_streams(streams)
+        root, height, nodes = tree.build(entries)
+        chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
+        wanted = [h for h, _ in entries] + [h for h, _ in nodes]
         with self._lock:
             self._refresh_marks(max_age=self.config.gc_grace / 2)
             checked = time.monotonic()
-            missing = self.index.missing(h for h, _ in entries)
-            if not missing.issubset(chunks):
-                raise ReuseError(f"{len(missing - chunks.keys())} reused chunks are no longer stored")
-            todo = [(h, *chunks[h]) for h in dict.fromkeys(h for h, _ in entries) if h in missing]
-            root, height, nodes = tree.build(entries)
-            new_nodes = self.index.missing(h for h, _ in nodes)
-            packs = self._pack(todo, [(h, d) for h, d in nodes if h in new_nodes])
-            self.backend.put_many([(pack_key(pid), data) for pid, data, _ in packs])
-            if parent == "head":
-                head = self.index.head(agent_id, session_id)
-                parent_id, index = (head[0], head[1]["index"] + 1) if head else (None, 0)
-            else:
-                parent_id, index = parent, 0
+            packs = self._store_missing(wanted, chunks, set(h for h, _ in nodes))
+            if time.monotonic() - checked > self.config.gc_grace / 2:
+                # Slow write: gc may have condemned a pack we deduplicated against since
+                # the check. Look again and store fresh copies of anything now doomed.
+                self._refresh_marks(max_age=0.0)
+                packs += self._store_missing(wanted, chunks, set(h for h, _ in nodes))
+            head = self.index.head(agent_id, session_id)
             fields = {
                 "v": manifest.VERSION, "kind": kind, "agent": agent_id, "session": session_id,
-                "parent": parent_id, "index": index, "time": time.time(), "desc": description,
-                "meta": metadata or {}, "root": root, "height": height,
-                "raw": sum(s for _, s in entries), "struct": len(streams[0].data),
-                "chunks": len(entries), "new_chunks": len(todo),
+                "parent": head[0] if head else None, "index": head[1]["index"] + 1 if head else 0,
+                "time": time.time(), "desc": description, "meta": metadata or {}, "root": root, "height": height,
+                "raw": sum(s for _, s in entries), "struct": len(streams[0].data), "chunks": len(entries),
+                "new_chunks": sum(1 for _, _, ents in packs for e in ents if e.kind == KIND_DATA),
                 "stored": sum(len(data) for _, data, _ in packs),
             }
             snap_id, data = manifest.encode(fields)
-            if time.monotonic() - checked > self.config.gc_grace / 2:
-                self._recheck_reuse(entries, missing, checked)
             self.backend.put(manifest_key(snap_id), data)
             self.index.commit([(pid, len(d), ents) for pid, d, ents in packs], [(snap_id, fields)])
             return snap_id, fields
+
+    def _store_missing(self, wanted: list[bytes], chunks: dict[bytes, tuple], node_hashes: set[bytes]
+                       ) -> list[tuple[bytes, bytes, list[PackEntry]]]:
+        """Pack and put whatever of wanted the repository lacks; return the packs written."""
+        missing = self.index.missing(wanted)
+        if not missing.issubset(chunks):
+            raise ReuseError(f"{len(missing - chunks.keys())} reused chunks are no longer stored")
+        todo = [(h, *chunks[h], KIND_NODE if h in node_hashes else KIND_DATA)
+                for h in dict.fromkeys(wanted) if h in missing]
+        packs = self._pack(todo)
+        self.backend.put_many([(pack_key(pid), data) for pid, data, _ in packs])
+        return packs
 
     def _refresh_marks(self, max_age: float) -> None:
         """Know gc's condemned packs no later than max_age ago, so dedup never trusts a doomed pack."""
@@ -165,14 +172,6 @@ class Repository:
         known = self.index.condemned()
         self.index.set_condemned({p: time.time() for p in listed - known.keys()}, clear=known.keys() - listed)
         self._marks_seen = seen
-
-    def _recheck_reuse(self, entries: list[tree.Entry], missing: set[bytes], checked: float) -> None:
-        """A slow write may have deduplicated against a pack gc condemned since: refuse to commit it."""
-        self._marks_seen = 0.0
-        self._refresh_marks(0.0)
-        if self.index.missing(h for h, _ in entries) - missing:
-            raise StorageError(f"snapshot took {time.monotonic() - checked:.0f}s, longer than half the gc grace "
-                               f"period, and reused chunks gc has since condemned; retry the snapshot")
 
     def _chunk_streams(self, streams: list[Stream]) -> tuple[list[tree.Entry], dict[bytes, tuple]]:
         entries: list[tree.Entry] = []
@@ -190,20 +189,17 @@ class Repository:
                     chunks[h] = (view, s.itemsize)
         return entries, chunks
 
-    def _pack(self, todo: list[tuple[bytes, memoryview, int]], nodes: list[tuple[bytes, bytes]]
-              ) -> list[tuple[bytes, bytes, list[PackEntry]]]:
-        """Compress new chunks (in parallel) and nodes into packs of about PACK_TARGET bytes."""
-        jobs = [(h, KIND_DATA, view, itemsize) for h, view, itemsize in todo]
-        jobs += [(h, KIND_NODE, memoryview(d), 0) for h, d in nodes]
-        if not jobs:
+    def _pack(self, todo: list[tuple[bytes, memoryview, int, int]]) -> list[tuple[bytes, bytes, list[PackEntry]]]:
+        """Compress (hash, data, itemsize, kind) items in parallel into packs of about PACK_TARGET bytes."""
+        if not todo:
             return []
 
         def compress(job: tuple) -> tuple:
-            h, kind, view, itemsize = job
+            h, view, itemsize, kind = job
             method, stored = self.codec.compress(view, itemsize)
             return h, kind, method, itemsize, stored, len(view)
 
-        results = list(self.pool.map(compress, jobs)) if len(jobs) > 4 else [compress(j) for j in jobs]
+        results = list(self.pool.map(compress, todo)) if len(todo) > 4 else [compress(j) for j in todo]
         packs, writer = [], PackWriter()
         for h, kind, method, itemsize, stored, raw_len in results:
             writer.add(h, kind, method, itemsize, stored, raw_len)
