@@ -125,6 +125,18 @@ class Progress:
             self.bar = None
 
 
+def _set_repo(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.ensure_object(App).repo_flag = value
+
+
+def with_repo_option(cmd: click.Command) -> click.Command:
+    """Let `casstore CMD --repo URL` work as well as `casstore --repo URL CMD`."""
+    cmd.params.append(click.Option(["--repo"], metavar="URL", expose_value=False, is_eager=True,
+                                   callback=_set_repo, help="Repository URL (same as the global --repo)."))
+    return cmd
+
+
 class CasstoreGroup(click.Group):
     """Turns any failure of a command into one `casstore: error:` line and exit 1."""
 

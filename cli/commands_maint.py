@@ -11,7 +11,7 @@ from casstore import retention
 from casstore.backend import Backend
 from casstore.repository import CONFIG_KEY, Repository
 
-from casstore_cli.app import App, fail
+from casstore_cli.app import App, fail, with_repo_option
 from casstore_cli.output import echo_json, human_bytes, key_values, local_time, plain
 
 pass_app = click.make_pass_decorator(App)
@@ -21,6 +21,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 def register(cli: click.Group) -> None:
     for cmd in (verify, gc, forget, stats, copy, index, config):
         cli.add_command(cmd)
+        for leaf in (cmd.commands.values() if isinstance(cmd, click.Group) else [cmd]):
+            if leaf.name != "copy":
+                with_repo_option(leaf)
 
 
 def _method(store: casstore.Store, name: str, command: str) -> Any:

@@ -20,7 +20,7 @@ from casstore import dirsnap
 from casstore.backend import Backend
 from casstore.repository import CONFIG_KEY
 
-from casstore_cli.app import App, fail
+from casstore_cli.app import App, fail, with_repo_option
 from casstore_cli.output import echo_json, human_bytes, key_values, local_time, plain, table
 
 pass_app = click.make_pass_decorator(App)
@@ -33,6 +33,9 @@ STATE_DIFF_DEPTH = 6       # how deep diff compares nested containers
 def register(cli: click.Group) -> None:
     for cmd in (init, snapshot, restore, ls, show, diff):
         cli.add_command(cmd)
+        for leaf in (cmd.commands.values() if isinstance(cmd, click.Group) else [cmd]):
+            if leaf.name != "copy":
+                with_repo_option(leaf)
 
 
 # init ------------------------------------------------------------------------
