@@ -1,0 +1,245 @@
+"""LangGraph chat agent checkpointed by CasstoreSaver, SqliteSaver and InMemorySaver.
+
+A deterministic chat agent (a compiled `StateGraph(MessagesState)` with the
+standard `add_messages` reducer and a scripted model, no network): one long
+thread of `turns` turns plus several short threads; user and assistant
+messages of 200-2000 characters; every fourth turn the model calls a tool
+whose result is several KB. The same graph runs with each checkpointer in its
+own directory, and SqliteSaver also runs on LangGraph's `DeltaChannel`
+messages state where the installed LangGraph has it.
+
+Measured per saver: bytes on disk (harness.dir_bytes), bytes per checkpoint,
+time per turn (a whole `graph.invoke`), time to load the latest and an early
+checkpoint (`get_tuple`), and time to list the long thread's history
+(`list(saver.list(config))`). `python -m benchmarks --only langgraph`.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+from .harness import Context, dir_bytes, median, p95, ratio, target_row
+
+WORDS = ("the agent checks state tool result memory vector index chunk store session thread graph node edge "
+         "message model token prompt reply plan step retry error cache hash snapshot restore file data user "
+         "system value list dict query answer search fetch parse write read update delete commit branch").split()
+SHORT_THREADS = 5
+SHORT_TURNS = 6
+TOOL_EVERY = 4
+
+
+def _text(rng: random.Random, lo: int, hi: int) -> str:
+    n = rng.randint(lo, hi)
+    out: list[str] = []
+    size = 0
+    while size < n:
+        w = rng.choice(WORDS) if rng.random() > 0.08 else f"{rng.randint(0, 99999)}"
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out)[:n]
+
+
+def build_graph(checkpointer: Any, *, delta: bool = False, seed: int = 0) -> Any:
+    """The chat graph: agent -> (tools -> agent)? -> END, with a scripted deterministic model."""
+    from langchain_core.messages import AIMessage, ToolMessage
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    if delta:
+        schema: Any = _delta_state()
+    else:
+        schema = MessagesState
+
+    def agent(state: Any) -> dict:
+        msgs = state["messages"]
+        last = msgs[-1]
+        n = len(msgs)
+        rng = random.Random(f"{seed}:agent:{n}")
+        human_turns = sum(1 for m in msgs if m.type == "human")
+        if last.type == "human" and human_turns % TOOL_EVERY == 0:
+            call = {"name": "search", "args": {"query": _text(rng, 20, 60)}, "id": f"call-{n}"}
+            return {"messages": [AIMessage(_text(rng, 200, 600), tool_calls=[call], id=f"ai-{n}")]}
+        return {"messages": [AIMessage(_text(rng, 200, 2000), id=f"ai-{n}")]}
+
+    def tools(state: Any) -> dict:
+        last = state["messages"][-1]
+        n = len(state["messages"])
+        rng = random.Random(f"{seed}:tool:{n}")
+        return {"messages": [ToolMessage(_text(rng, 3000, 8000), tool_call_id=c["id"], id=f"tool-{n}")
+                             for c in last.tool_calls]}
+
+    def route(state: Any) -> str:
+        last = state["messages"][-1]
+        return "tools" if getattr(last, "tool_calls", None) else END
+
+    g = StateGraph(schema)
+    g.add_node("agent", agent)
+    g.add_node("tools", tools)
+    g.add_edge(START, "agent")
+    g.add_conditional_edges("agent", route, ["tools", END])
+    g.add_edge("tools", "agent")
+    return g.compile(checkpointer=checkpointer)
+
+
+def user_message(thread: str, turn: int, seed: int = 0) -> Any:
+    from langchain_core.messages import HumanMessage
+    rng = random.Random(f"{seed}:user:{thread}:{turn}")
+    return HumanMessage(_text(rng, 200, 2000), id=f"human-{thread}-{turn}")
+
+
+def run_chat(graph: Any, thread: str, turns: int, on_turn: Callable[[float], None] | None = None,
+             seed: int = 0) -> dict:
+    config = {"configurable": {"thread_id": thread}}
+    for t in range(turns):
+        t0 = time.perf_counter()
+        graph.invoke({"messages": [user_message(thread, t, seed)]}, config)
+        if on_turn:
+            on_turn(time.perf_counter() - t0)
+    return config
+
+
+# ------------------------------------------------------------------ savers
+
+def _casstore(d: Path) -> tuple[Any, Callable[[], None]]:
+    from casstore.integrations.langgraph import CasstoreSaver
+    saver = CasstoreSaver.from_url(str(d / "repo"))
+    return saver, saver.close
+
+
+def _sqlite(d: Path) -> tuple[Any, Callable[[], None]]:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    conn = sqlite3.connect(str(d / "checkpoints.sqlite"), check_same_thread=False)
+    saver = SqliteSaver(conn)
+    return saver, conn.close
+
+
+def _memory(d: Path) -> tuple[Any, Callable[[], None]]:
+    from langgraph.checkpoint.memory import InMemorySaver
+    return InMemorySaver(), lambda: None
+
+
+def _memory_bytes(saver: Any) -> int:
+    total = 0
+    for nss in saver.storage.values():
+        for cps in nss.values():
+            for ck, md, _ in cps.values():
+                total += len(ck[1]) + len(md[1])
+    total += sum(len(v[1]) for v in saver.blobs.values())
+    total += sum(len(w[2][1]) for ws in saver.writes.values() for w in ws.values())
+    return total
+
+
+def _delta_state() -> Any:
+    """MessagesState with the messages channel as LangGraph's DeltaChannel (None if not installed)."""
+    try:
+        from langgraph.channels.delta import DeltaChannel
+        from langgraph.graph.message import _messages_delta_reducer
+    except ImportError:
+        return None
+    from typing_extensions import TypedDict
+    ann = Annotated[list, DeltaChannel(_messages_delta_reducer)]
+    return TypedDict("DeltaMessagesState", {"messages": ann})  # type: ignore[operator]
+
+
+def _has_delta() -> bool:
+    return _delta_state() is not None
+
+
+def run_one(ctx: Context, name: str, factory: Callable[[Path], tuple[Any, Callable[[], None]]],
+            turns: int, *, delta: bool = False) -> dict[str, Any]:
+    row: dict[str, Any] = {"kind": "result", "benchmark": "langgraph", "tool": name, "status": "ok"}
+    d = ctx.tool_dir("langgraph", name)
+    try:
+        saver, close = factory(d)
+    except ImportError as exc:
+        row["status"] = f"unavailable: {exc}"
+        return row
+    try:
+        graph = build_graph(saver, delta=delta)
+        times: list[float] = []
+        t0 = time.perf_counter()
+        config = run_chat(graph, "long", turns, times.append)
+        for i in range(SHORT_THREADS):
+            run_chat(graph, f"short-{i}", SHORT_TURNS, times.append)
+        total = time.perf_counter() - t0
+        history_ids = [t.config["configurable"]["checkpoint_id"] for t in saver.list(config)]
+        checkpoints = len(history_ids) + sum(
+            len(list(saver.list({"configurable": {"thread_id": f"short-{i}"}}, limit=None)))
+            for i in range(SHORT_THREADS))
+
+        def best(fn: Callable[[], Any], reps: int = 5) -> tuple[float, Any]:
+            out, ts = None, []
+            for _ in range(reps):
+                s = time.perf_counter()
+                out = fn()
+                ts.append(time.perf_counter() - s)
+            return min(ts), out
+
+        load_latest, latest = best(lambda: saver.get_tuple(config))
+        old_id = history_ids[-min(10, len(history_ids))]
+        old_cfg = {"configurable": {"thread_id": "long", "checkpoint_ns": "", "checkpoint_id": old_id}}
+        load_old, _ = best(lambda: saver.get_tuple(old_cfg))
+        list_s, listed = best(lambda: list(saver.list(config)), reps=2)
+        state = graph.get_state(config).values["messages"]
+        messages = [(m.type, m.content) for m in state]
+        close()
+        stored = _memory_bytes(saver) if name == "InMemorySaver" else dir_bytes(d)
+        row.update({
+            "snapshots": checkpoints, "stored_bytes": stored,
+            "bytes_per_checkpoint": stored / checkpoints if checkpoints else None,
+            "snapshot_median_s": median(times), "snapshot_p95_s": p95(times), "snapshot_total_s": total,
+            "turn_median_s": median(times), "turn_mean_s": total / len(times),
+            "restore_median_s": load_old, "load_latest_s": load_latest, "load_old_s": load_old,
+            "list_history_s": list_s, "history_len": len(listed), "messages": len(messages),
+            "final_messages_digest": hash(tuple(messages)),
+        })
+        if name == "InMemorySaver":
+            row["stored_note"] = "serialized bytes held in memory"
+    except Exception as exc:  # a failing saver is reported, the others carry on
+        import traceback
+        row["status"] = f"error: {type(exc).__name__}: {exc}"
+        row["traceback"] = traceback.format_exc()[-3000:]
+    return row
+
+
+def run(ctx: Context) -> list[dict[str, Any]]:
+    turns = 30 if ctx.quick else 200
+    lanes: list[tuple[str, Callable, bool]] = [
+        ("casstore", _casstore, False), ("SqliteSaver", _sqlite, False), ("InMemorySaver", _memory, False)]
+    if _has_delta():
+        lanes.append(("SqliteSaver+DeltaChannel", _sqlite, True))
+    rows = []
+    for name, factory, delta in lanes:
+        ctx.log(f"  langgraph: {name}, {turns} turns + {SHORT_THREADS}x{SHORT_TURNS}")
+        rows.append(run_one(ctx, name, factory, turns, delta=delta))
+    by = {r["tool"]: r for r in rows}
+    cas, sql, dlt = by["casstore"], by["SqliteSaver"], by.get("SqliteSaver+DeltaChannel", {})
+    digests = {r.get("final_messages_digest") for r in rows if r["status"] == "ok"}
+    for r in rows:
+        r["restore_ok"] = (len(digests) == 1) if r["status"] == "ok" else None
+        r["raw_over_stored"] = ratio(sql.get("stored_bytes"), r.get("stored_bytes"))
+    return rows + [
+        target_row("langgraph", "bytes vs SqliteSaver", ratio(cas.get("stored_bytes"), sql.get("stored_bytes")),
+                   "<=", 0.01, "<= 0.01x"),
+        target_row("langgraph", "bytes vs Sqlite+DeltaChannel",
+                   ratio(cas.get("stored_bytes"), dlt.get("stored_bytes")), "<=", 1.0, "< 1.0x"),
+        target_row("langgraph", "time/turn vs SqliteSaver",
+                   ratio(cas.get("turn_mean_s"), sql.get("turn_mean_s")), "<=", 1.0, "<= 1.0x"),
+        target_row("langgraph", "load old vs SqliteSaver", ratio(cas.get("load_old_s"), sql.get("load_old_s")),
+                   "<=", 1.0, "<= 1.0x"),
+        target_row("langgraph", "list history vs SqliteSaver",
+                   ratio(cas.get("list_history_s"), sql.get("list_history_s")), "<=", 1.0, "<= 1.0x"),
+    ]
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_langgraph [--quick]
+    import json
+    import sys
+    import tempfile
+    ctx = Context(quick="--quick" in sys.argv, scratch=Path(tempfile.mkdtemp(prefix="casstore-lg-")),
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    for r in run(ctx):
+        print(json.dumps({k: v for k, v in r.items() if k != "traceback"}, default=str))

@@ -1,0 +1,176 @@
+"""CasstoreSaver: LangGraph's conformance suite, and a real chat graph run on it."""
+
+import asyncio
+import os
+import random
+
+import pytest
+
+pytest.importorskip("langgraph")
+pytest.importorskip("langgraph.checkpoint.conformance")
+
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage  # noqa: E402
+from langgraph.checkpoint.conformance import checkpointer_test, validate  # noqa: E402
+from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
+
+import casstore  # noqa: E402
+from casstore.integrations.langgraph import CasstoreSaver  # noqa: E402
+
+WORDS = "alpha beta gamma delta agent tool store chunk graph node state message reply plan step".split()
+
+
+def _text(rng, lo, hi):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi) // 6))
+
+
+def _dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def test_conformance(tmp_path):
+    counter = iter(range(1000))
+
+    @checkpointer_test(name="CasstoreSaver")
+    async def factory():
+        with CasstoreSaver.from_url(str(tmp_path / f"repo{next(counter)}")) as saver:
+            yield saver
+
+    report = asyncio.run(validate(factory))
+    report.print_report()
+    assert report.passed_all_base()
+    results = {name: r.passed for name, r in report.results.items()}
+    assert results == {name: True for name in results}, results
+    assert {"copy_thread", "prune", "delete_for_runs"} <= set(results)
+
+
+def _graph(saver, **compile_kwargs):
+    def agent(state):
+        msgs = state["messages"]
+        rng = random.Random(len(msgs))
+        if msgs[-1].type == "human" and len(msgs) % 4 == 1:
+            call = {"name": "search", "args": {"q": _text(rng, 20, 40)}, "id": f"call-{len(msgs)}"}
+            return {"messages": [AIMessage(_text(rng, 100, 300), tool_calls=[call], id=f"ai-{len(msgs)}")]}
+        return {"messages": [AIMessage(_text(rng, 200, 1500), id=f"ai-{len(msgs)}")]}
+
+    def tools(state):
+        last = state["messages"][-1]
+        rng = random.Random(-len(state["messages"]))
+        return {"messages": [ToolMessage(_text(rng, 2000, 5000), tool_call_id=c["id"], id=f"tool-{c['id']}")
+                             for c in last.tool_calls]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("agent", agent)
+    g.add_node("tools", tools)
+    g.add_edge(START, "agent")
+    g.add_conditional_edges("agent", lambda s: "tools" if s["messages"][-1].tool_calls else END, ["tools", END])
+    g.add_edge("tools", "agent")
+    return g.compile(checkpointer=saver, **compile_kwargs)
+
+
+def _human(turn):
+    return HumanMessage(_text(random.Random(f"h{turn}"), 200, 1500), id=f"human-{turn}")
+
+
+def test_chat_graph_history_resume_time_travel_fork(tmp_path):
+    repo = str(tmp_path / "repo")
+    store = casstore.open(repo)
+    saver = CasstoreSaver(store)
+    graph = _graph(saver, interrupt_before=["tools"])
+    config = {"configurable": {"thread_id": "chat-1"}}
+    turns, interrupts = 100, 0
+    for t in range(turns):
+        graph.invoke({"messages": [_human(t)]}, config)
+        snap = graph.get_state(config)
+        if snap.next == ("tools",):  # interrupted before the tool: resume it
+            interrupts += 1
+            graph.invoke(None, config)
+    assert interrupts >= 20
+    state = graph.get_state(config)
+    msgs = state.values["messages"]
+    assert state.next == ()
+    assert len(msgs) == 2 * turns + 2 * interrupts
+    assert [m.id for m in msgs if m.type == "human"] == [f"human-{t}" for t in range(turns)]
+
+    # history: newest first, parent links, every checkpoint loadable
+    history = list(graph.get_state_history(config))
+    ids = [h.config["configurable"]["checkpoint_id"] for h in history]
+    assert ids == sorted(ids, reverse=True)
+    assert all(h.parent_config["configurable"]["checkpoint_id"] == ids[i + 1]
+               for i, h in enumerate(history[:-1]))
+    assert history[0].values["messages"] == msgs
+
+    # a second saver over the same store (no shared cache) sees the same thread
+    other = _graph(CasstoreSaver(store))
+    assert other.get_state(config).values["messages"] == msgs
+
+    # the thread shows up as casstore lineages
+    sessions = {i.session_id for i in store.list("langgraph:chat-1")}
+    assert sessions == {"default", "default#writes"}
+
+    # dedup: stored bytes far below the sum of the checkpoints' sizes
+    raw = sum(i.raw_size for i in store.list("langgraph:chat-1", "default"))
+    stored = _dir_bytes(repo)
+    assert stored * 10 < raw, (stored, raw)
+
+    # update_state: replace the last AI message by id
+    last_ai = msgs[-1]
+    graph.update_state(config, {"messages": [AIMessage("edited answer", id=last_ai.id)]})
+    edited = graph.get_state(config).values["messages"]
+    assert len(edited) == len(msgs) and edited[-1].content == "edited answer"
+
+    # time travel: fork from an early checkpoint (after turn 2 finished)
+    early = next(h for h in reversed(history)
+                 if h.next == () and len(h.values.get("messages", [])) == 4)
+    early_msgs = early.values["messages"]
+    forked = graph.invoke({"messages": [HumanMessage("a different question", id="fork-q")]}, early.config)
+    fmsgs = forked["messages"]
+    assert fmsgs[:4] == early_msgs and fmsgs[4].id == "fork-q" and fmsgs[5].type == "ai"
+    assert len(fmsgs) == 6
+    head = graph.get_state(config)  # the fork is now the thread's latest checkpoint
+    assert head.values["messages"] == fmsgs
+    # the original branch is still there, by checkpoint id
+    assert graph.get_state(history[0].config).values["messages"] == msgs
+    # replaying an old checkpoint (no new input) leaves it loadable and unchanged
+    assert graph.get_state(early.config).values["messages"] == early_msgs
+
+    # delete_thread removes every snapshot of the thread
+    saver.delete_thread("chat-1")
+    assert store.list("langgraph:chat-1") == []
+    assert graph.get_state(config).values == {}
+    store.close()
+
+
+def test_async_graph_and_copy_thread(tmp_path):
+    async def main():
+        async with CasstoreSaver.from_url(str(tmp_path / "repo")) as saver:
+            graph = _graph(saver)
+            config = {"configurable": {"thread_id": "a"}}
+            for t in range(6):
+                await graph.ainvoke({"messages": [_human(t)]}, config)
+            state = await graph.aget_state(config)
+            n = len(state.values["messages"])
+            await saver.acopy_thread("a", "b")
+            copied = await graph.aget_state({"configurable": {"thread_id": "b"}})
+            assert copied.values["messages"] == state.values["messages"]
+            await graph.ainvoke({"messages": [_human(99)]}, {"configurable": {"thread_id": "b"}})
+            assert len((await graph.aget_state(config)).values["messages"]) == n
+            hist = [h async for h in graph.aget_state_history(config, limit=3)]
+            assert len(hist) == 3
+            await saver.aprune(["a"], strategy="keep_latest")
+            assert len([h async for h in saver.alist(config)]) == 1
+            assert (await graph.aget_state(config)).values["messages"] == state.values["messages"]
+
+    asyncio.run(main())
+
+
+def test_checkpoints_share_message_bytes(tmp_path):
+    """Appending one message stores about that message, not the whole list again."""
+    with CasstoreSaver.from_url(str(tmp_path / "repo")) as saver:
+        graph = _graph(saver)
+        config = {"configurable": {"thread_id": "t"}}
+        for t in range(40):
+            graph.invoke({"messages": [_human(t)]}, config)
+        infos = [i for i in saver.store.list("langgraph:t", "default")]
+        late = infos[-10:]
+        assert all(i.raw_size > 50_000 for i in late)
+        assert all(i.stored_size < i.raw_size / 8 for i in late), [(i.raw_size, i.stored_size) for i in late]
