@@ -76,12 +76,7 @@ def verify(repo: Repository, snap_ids: list[bytes] | None = None, *, deep: bool 
     manifests = _check_manifests(repo, snap_ids, report)
     owners: dict[bytes, int] = {}
     names = [sid.hex() for sid, _ in manifests]
-    roots = [(f["root"], f["height"]) for _, f in manifests]
-    try:
-        data, nodes = reachable(roots, repo.fetch_nodes, lambda h, i: owners.__setitem__(h, i))
-    except CasstoreError as e:
-        report.problems.append(Problem("tree", f"a chunk tree cannot be read: {e}", names))
-        data, nodes = set(), set()
+    data, nodes = _walk_trees(repo, manifests, owners, report)
     _check_locations(repo, data | nodes, trailers, owners, names, report)
     if snap_ids is None:
         referenced = data | nodes
@@ -139,6 +134,30 @@ def _check_manifests(repo: Repository, snap_ids: list[bytes] | None, report: Ver
                                                     f"the history was altered", [sid.hex()]))
         out.append((sid, fields))
     return out
+
+
+def _walk_trees(repo: Repository, manifests: list[tuple[bytes, dict]], owners: dict[bytes, int],
+                report: VerifyReport) -> tuple[set[bytes], set[bytes]]:
+    """All referenced chunks and nodes; a tree that cannot be read is reported with its snapshot."""
+    roots = [(f["root"], f["height"]) for _, f in manifests]
+    try:
+        return reachable(roots, repo.fetch_nodes, lambda h, i: owners.__setitem__(h, i))
+    except CasstoreError:
+        pass  # some tree is damaged: walk snapshot by snapshot to name the ones affected
+    data: set[bytes] = set()
+    nodes: set[bytes] = set()
+    for i, (sid, f) in enumerate(manifests):
+        try:
+            d, n = reachable([(f["root"], f["height"])], repo.fetch_nodes)
+        except CasstoreError as e:
+            report.problems.append(Problem("missing-chunk", f"the chunk tree of snapshot {sid.hex()} cannot be read: {e}",
+                                           [sid.hex()]))
+            continue
+        for h in d - data:
+            owners[h] = i
+        data |= d
+        nodes |= n
+    return data, nodes
 
 
 def _check_locations(repo: Repository, hashes: set[bytes], trailers: dict, owners: dict[bytes, int],
