@@ -43,7 +43,9 @@ def _print_report(report: Any, skip: tuple[str, ...] = ()) -> None:
     for k, v in data.items():
         if k in skip:
             continue
-        if isinstance(v, (list, dict)):
+        if isinstance(v, list) and v and len(v) <= 10 and all(isinstance(x, str) for x in v):
+            v = ", ".join(x[:12] if len(x) == 64 else x for x in v)
+        elif isinstance(v, (list, dict)):
             v = f"{len(v)} item(s)" if v else "none"
         elif isinstance(v, int) and not isinstance(v, bool) and "bytes" in k:
             v = f"{human_bytes(v)} ({v})"

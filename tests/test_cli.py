@@ -238,6 +238,25 @@ def test_errors_are_one_line_with_exit_codes(tmp_path, env):
     assert r.returncode == 1 and str(missing).encode() in r.stdout
 
 
+def test_copy_between_repositories_sends_only_missing_chunks(tmp_path, env):
+    src, dst = tmp_path / "repo", tmp_path / "mirror"
+    ws = tmp_path / "ws"
+    make_workspace(ws)
+    ok("init", env=env)
+    a = data("snapshot", ws, env=env)
+    (ws / "uploads" / "notes.txt").write_text("second notes\n")
+    b = data("snapshot", ws, env=env)
+    assert run("copy", src, dst, env=env).returncode == 1        # no repository there without --init
+    first = data("copy", src, dst, "--init", env=env)
+    assert sorted(first["copied"]) == sorted([a["id"], b["id"]]) and first["chunks_sent"] > 0
+    again = data("copy", src, dst, env=env)
+    assert again["copied"] == [] and again["chunks_sent"] == 0
+    assert [s["id"] for s in data("ls", "--repo", dst, env=env)] == [a["id"], b["id"]]
+    ok("--repo", dst, "restore", b["id"], tmp_path / "out", env=env)
+    assert tree(tmp_path / "out") == tree(ws)
+    ok("verify", "--read-data", "--repo", dst, env=env)
+
+
 @pytest.mark.skipif(shutil.which("casstore") is None, reason="console script not installed")
 def test_installed_console_script(tmp_path, env):
     exe = shutil.which("casstore")
