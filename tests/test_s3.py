@@ -244,3 +244,24 @@ def test_sigkilled_writer_on_s3_leaves_earlier_snapshots_restorable(s3_server, s
             assert store.restore(sid)["emb"].shape == (2000, 128)
         for sid, step in committed:
             assert store.restore(sid)["emb"][int(step) % 2000][0] == int(step)
+
+
+def test_gc_on_s3_frees_a_deleted_snapshot_and_other_machines_follow(s3_server, s3_url, tmp_path):
+    opts = s3_server.storage_options
+    rng = np.random.default_rng(5)
+    keep_state = {"emb": rng.standard_normal((2000, 64)).astype(np.float32)}
+    with casstore.open(s3_url, storage_options=opts, index_path=str(tmp_path / "m1"), gc_grace=0) as m1, \
+            _open(s3_url, opts, tmp_path / "m2") as m2:
+        doomed = m1.snapshot({"emb": rng.standard_normal((2000, 64)).astype(np.float32)}, agent_id="x")
+        keep = m1.snapshot(keep_state, agent_id="y")
+        assert len(m2.list()) == 2
+        m1.delete(doomed.id)
+        m1.gc()            # condemn
+        report = m1.gc()   # grace 0: delete
+        assert report.packs_deleted >= 1 and report.bytes_freed > 400_000
+        assert [i.id for i in m2.list()] == [keep.id]      # m2 follows on its next sync
+        assert deep_equal(m2.restore(keep.id), keep_state)
+        with pytest.raises(casstore.SnapshotNotFoundError):
+            m2.restore(doomed.id)
+        again = m2.snapshot(keep_state, agent_id="z")       # dedups against the surviving packs
+        assert again.new_chunk_count == 0
