@@ -28,6 +28,12 @@ more than RACY_NS (a file written in the same clock tick as the scan could
 change again without its mtime moving, git's "racily clean" problem).
 SQLite databases are always re-captured through the backup API: in WAL mode
 the main file's mtime does not move when rows are committed.
+
+Memory: Repository.write takes every stream at once, so the content of the
+files that changed (all files, on a lineage's first snapshot) is held in
+memory until it is packed; unchanged files cost only their chunk list.
+Restore is bounded by the largest file (small files are fetched in batches
+of up to RESTORE_BATCH bytes).
 """
 
 from __future__ import annotations

@@ -102,7 +102,11 @@ def _read_state(data: bytes, fmt: str) -> Any:
 @pass_app
 def snapshot(app: App, path: str, agent_id: str, session_id: str, description: str | None, meta: tuple[str, ...],
              exclude: tuple[str, ...], fmt: str, as_json: bool) -> None:
-    """Snapshot a directory or file at PATH, or a JSON/msgpack state from stdin with PATH '-'."""
+    """Snapshot a directory or file at PATH, or a JSON/msgpack state from stdin with PATH '-'.
+
+    A single file is stored as a one-file tree: `restore` recreates it inside a DEST folder.
+    Unchanged files (same size, mtime and inode as the lineage's last snapshot) are not re-read.
+    """
     metadata = _parse_meta(meta)
     store = app.store()
     if path == "-":
