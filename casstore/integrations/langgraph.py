@@ -74,8 +74,13 @@ from langgraph.checkpoint.base import (
     SerializerProtocol,
     get_checkpoint_id,
     get_checkpoint_metadata,
-    writes_sort_key,
 )
+
+try:
+    from langgraph.checkpoint.base import writes_sort_key
+except ImportError:  # langgraph-checkpoint before writes_sort_key existed
+    def writes_sort_key(task_path: str, task_id: str = "", idx: int = 0) -> tuple[str, str, int]:
+        return (task_path, task_id, idx)
 
 from ..errors import SnapshotNotFoundError
 from ..store import SnapshotInfo, Store
