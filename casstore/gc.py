@@ -86,7 +86,7 @@ def collect(repo: Repository, *, dry_run: bool = False, grace: float | None = No
     for h, loc in canonical.items():
         live_bytes[loc.pack] = live_bytes.get(loc.pack, 0) + loc.stored_len
 
-    to_mark, to_rescue, to_delete, to_repack = {}, [], [], []
+    to_mark, to_rescue, to_delete, to_repack = [], [], [], []
     for pack_id, (size, _count) in sizes.items():
         marked = marks.get(pack_id)
         used = live_bytes.get(pack_id, 0)
@@ -98,7 +98,7 @@ def collect(repo: Repository, *, dry_run: bool = False, grace: float | None = No
             else:
                 report.packs_waiting += 1
         elif not used:
-            to_mark[pack_id] = started
+            to_mark.append(pack_id)
         elif 1 - used / size > repack_threshold:
             to_repack.append(pack_id)
     stale_marks = [p for p in marks if p not in sizes]
@@ -119,7 +119,7 @@ def collect(repo: Repository, *, dry_run: bool = False, grace: float | None = No
         repo.backend.delete(condemned_key(p))
     repo.index.set_condemned({}, clear=to_rescue + stale_marks)
     repacked = _repack(repo, to_repack, canonical, report)
-    _condemn(repo, {**to_mark, **{p: started for p in repacked}})
+    _condemn(repo, to_mark + repacked)
     for p in to_delete:
         repo.backend.delete(pack_key(p))
         repo.backend.delete(condemned_key(p))
@@ -142,10 +142,15 @@ def _read_marks(repo: Repository) -> dict[bytes, float]:
     return dict(r for r in repo.pool.map(one, keys) if r is not None)
 
 
-def _condemn(repo: Repository, marks: dict[bytes, float]) -> None:
-    """Mark objects first (other machines), then the local index (writers here see it at once)."""
-    repo.backend.put_many([(condemned_key(p), msgpack.packb({"time": t})) for p, t in marks.items()])
-    repo.index.set_condemned(marks)
+def _condemn(repo: Repository, packs: list[bytes]) -> None:
+    """Mark objects first (other machines), then the local index (writers here see it at once).
+
+    The mark's time is taken just before it is written, never earlier: the
+    grace period must run from when writers can see the mark.
+    """
+    now = time.time()
+    repo.backend.put_many([(condemned_key(p), msgpack.packb({"time": now})) for p in packs])
+    repo.index.set_condemned({p: now for p in packs})
 
 
 def _repack(repo: Repository, packs: list[bytes], canonical: dict[bytes, Location], report: GCReport) -> list[bytes]:

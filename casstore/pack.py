@@ -13,9 +13,12 @@ Layout (all integers little-endian)::
                             36  I    offset     start of the stored bytes
                             40  I    stored_len
                             44  I    raw_len
-    size - 16           footer: I N, I format version, 8s magic b"CASPACK1"
+    size - 32           footer: I N, I format version, 16s salt, 8s magic b"CASPACK1"
 
-The pack's name is the BLAKE3 hash of all its bytes. The trailer makes each
+The pack's name is the BLAKE3 hash of all its bytes. The random salt makes
+every pack written unique, even with the same chunks: a writer that stores
+fresh copies of chunks in a pack gc condemned must never produce that same
+pack name again (gc would delete the copy with the doomed pack). The trailer makes each
 pack self-describing, so the index can be rebuilt from packs alone. Every
 number read back is checked against the pack's size and named bounds before
 it is trusted.
@@ -23,6 +26,7 @@ it is trusted.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 
@@ -34,7 +38,7 @@ from .errors import IntegrityError
 MAGIC = b"CASPACK1"
 VERSION = 1
 ENTRY = struct.Struct("<32sBBHIII")
-FOOTER = struct.Struct("<II8s")
+FOOTER = struct.Struct("<II16s8s")
 ENTRY_SIZE = ENTRY.size
 FOOTER_SIZE = FOOTER.size
 MAX_ENTRIES = 1 << 20
@@ -75,15 +79,15 @@ class PackWriter:
     def finalize(self) -> tuple[bytes, bytes, list[PackEntry]]:
         trailer = b"".join(ENTRY.pack(e.hash, e.kind, e.method, e.itemsize, e.offset, e.stored_len, e.raw_len)
                            for e in self._entries)
-        data = b"".join([*self._parts, trailer, FOOTER.pack(len(self._entries), VERSION, MAGIC)])
+        data = b"".join([*self._parts, trailer, FOOTER.pack(len(self._entries), VERSION, os.urandom(16), MAGIC)])
         return blake3.blake3(data).digest(), data, self._entries
 
 
 def parse_footer(footer: bytes, pack_size: int) -> int:
-    """Validate the 16-byte footer and return the trailer length in bytes."""
+    """Validate the footer and return the trailer length in bytes."""
     if pack_size < FOOTER_SIZE or len(footer) != FOOTER_SIZE:
         raise IntegrityError(f"pack of {pack_size} bytes is smaller than its footer")
-    count, version, magic = FOOTER.unpack(footer)
+    count, version, _salt, magic = FOOTER.unpack(footer)
     if magic != MAGIC:
         raise IntegrityError("pack footer has a wrong magic number")
     if version != VERSION:

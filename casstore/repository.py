@@ -144,11 +144,6 @@ class Repository:
             self._refresh_marks(max_age=self.config.gc_grace / 2)
             checked = time.monotonic()
             packs = self._store_missing(wanted, chunks, set(h for h, _ in nodes))
-            if time.monotonic() - checked > self.config.gc_grace / 2:
-                # Slow write: gc may have condemned a pack we deduplicated against since
-                # the check. Look again and store fresh copies of anything now doomed.
-                self._refresh_marks(max_age=0.0)
-                packs += self._store_missing(wanted, chunks, set(h for h, _ in nodes))
             head = self.index.head(agent_id, session_id)
             fields = {
                 "v": manifest.VERSION, "kind": kind, "agent": agent_id, "session": session_id,
@@ -160,8 +155,21 @@ class Repository:
             }
             snap_id, data = manifest.encode(fields)
             self.backend.put(manifest_key(snap_id), data)
+            if time.monotonic() - checked > self.config.gc_grace / 2:
+                packs += self._repair_slow_write(snap_id, wanted, chunks, set(h for h, _ in nodes))
             self.index.commit([(pid, len(d), ents) for pid, d, ents in packs], [(snap_id, fields)])
             return snap_id, fields
+
+    def _repair_slow_write(self, snap_id: bytes, wanted: list[bytes], chunks: dict[bytes, tuple],
+                           node_hashes: set[bytes]) -> list[tuple[bytes, bytes, list[PackEntry]]]:
+        """A write slower than grace/2 may have deduplicated against a pack gc condemned meanwhile
+        and may be deleting now: store fresh copies of whatever is now doomed (see gc.py)."""
+        self._refresh_marks(max_age=0.0)
+        try:
+            return self._store_missing(wanted, chunks, node_hashes)
+        except ReuseError:
+            self.backend.delete(manifest_key(snap_id))
+            raise
 
     def _store_missing(self, wanted: list[bytes], chunks: dict[bytes, tuple], node_hashes: set[bytes]
                        ) -> list[tuple[bytes, bytes, list[PackEntry]]]:
@@ -180,8 +188,8 @@ class Repository:
         if time.monotonic() - self._marks_seen <= max_age:
             return
         seen = time.monotonic()
+        known = self.index.condemned()  # read before listing: a mark gc adds meanwhile is kept
         listed = {pid for pid in map(_key_id, self.backend.list(CONDEMNED_PREFIX)) if pid is not None}
-        known = self.index.condemned()
         self.index.set_condemned({p: time.time() for p in listed - known.keys()}, clear=known.keys() - listed)
         self._marks_seen = seen
 
@@ -376,15 +384,17 @@ class Repository:
         Returns (new snapshots, new packs).
         """
         with self._lock:
-            listed_packs = {pid: k for k in self.backend.list("packs/") if (pid := _key_id(k)) is not None}
+            # Read the index before listing storage: writers put objects before committing the
+            # index, so anything known here and not listed is really gone.
             known_packs = self.index.packs()
+            known = set(self.index.snapshot_ids())
+            listed_packs = {pid: k for k in self.backend.list("packs/") if (pid := _key_id(k)) is not None}
             gone = known_packs.keys() - listed_packs.keys()
             if gone:
                 held = self.index.pack_hashes()
                 self.index.remove_packs({p: held.get(p, []) for p in gone})
             packs = self._read_trailers([k for pid, k in listed_packs.items() if pid not in known_packs])
             listed_snaps = {sid: k for k in self.backend.list("snapshots/") if (sid := _key_id(k)) is not None}
-            known = set(self.index.snapshot_ids())
             if known - listed_snaps.keys():
                 self.index.remove_snapshots(known - listed_snaps.keys())
             snaps = self._read_manifests([k for sid, k in listed_snaps.items() if sid not in known])
