@@ -270,11 +270,17 @@ class Index:
         return out
 
     def head(self, agent_id: str, session_id: str) -> tuple[bytes, dict] | None:
-        """The latest snapshot of a lineage: highest position, then newest time."""
-        rows = self.lineage(agent_id, session_id)
-        if not rows:
-            return None
-        return max(rows, key=lambda r: (r[1]["index"], r[1]["time"]))
+        """The latest snapshot of a lineage: the last key under its prefix (highest position)."""
+        prefix = lineage_prefix(agent_id, session_id)
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._lineage)
+            after = prefix[:-1] + b"\x01"  # prefix ends in NUL: this sorts right after all its keys
+            found = cur.prev() if cur.set_range(after) else cur.last()
+            if not found or not cur.key().startswith(prefix):
+                return None
+            sid = bytes(cur.key()[-32:])
+            raw = txn.get(sid, db=self._snaps)
+        return None if raw is None else (sid, msgpack.unpackb(raw, raw=False, strict_map_key=False))
 
     def remove_snapshots(self, snap_ids: Iterable[bytes]) -> None:
         with self.env.begin(write=True) as txn:
