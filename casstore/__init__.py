@@ -6,6 +6,7 @@ from .errors import (CasstoreError, ChunkNotFoundError, ConfigurationError, Inte
 from .gc import GCReport
 from .store import SnapshotInfo, Stats, Store, open
 from .verify import Problem, VerifyReport
+from . import config
 from .tree import Proof, verify_proof
 
 __version__ = "0.1.0"

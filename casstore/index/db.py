@@ -62,7 +62,9 @@ def _open_env(path: str) -> lmdb.Environment:
         if env is None:
             os.makedirs(key, exist_ok=True)
             try:
-                env = lmdb.open(key, map_size=MAP_SIZE, max_dbs=12, sync=True, metasync=True, max_readers=256)
+                # metasync off: a power loss may undo the last commit, never corrupt the index,
+                # and what it undoes is re-learned from storage by sync() (the index is a cache).
+                env = lmdb.open(key, map_size=MAP_SIZE, max_dbs=12, sync=True, metasync=False, max_readers=256)
             except lmdb.Error as e:
                 raise StorageError(f"cannot open the index at {key}: {e}") from e
         _ENVS[key] = (env, refs + 1)
