@@ -82,12 +82,15 @@ def collect(repo: Repository, *, dry_run: bool = False, grace: float | None = No
     report.packs = len(sizes)
     marks = _read_marks(repo)
 
+    data_bytes: dict[bytes, int] = {}  # stored chunk bytes per pack, trailer excluded
+    for _h, loc in repo.index.iter_chunks():
+        data_bytes[loc.pack] = data_bytes.get(loc.pack, 0) + loc.stored_len
     live_bytes: dict[bytes, int] = {}
     for h, loc in canonical.items():
         live_bytes[loc.pack] = live_bytes.get(loc.pack, 0) + loc.stored_len
 
     to_mark, to_rescue, to_delete, to_repack = [], [], [], []
-    for pack_id, (size, _count) in sizes.items():
+    for pack_id in sizes:
         marked = marks.get(pack_id)
         used = live_bytes.get(pack_id, 0)
         if marked is not None:
@@ -99,7 +102,7 @@ def collect(repo: Repository, *, dry_run: bool = False, grace: float | None = No
                 report.packs_waiting += 1
         elif not used:
             to_mark.append(pack_id)
-        elif 1 - used / size > repack_threshold:
+        elif used < data_bytes.get(pack_id, 0) * (1 - repack_threshold):
             to_repack.append(pack_id)
     stale_marks = [p for p in marks if p not in sizes]
 

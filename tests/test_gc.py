@@ -193,3 +193,14 @@ def test_gc_killed_midway_leaves_a_consistent_repository(repo_dir):
         store.gc()
         store.gc()
         assert store.verify(deep=True).problems == []
+
+
+def test_gc_leaves_a_fully_live_repository_alone(repo_dir):
+    with casstore.open(str(repo_dir), gc_grace=0) as store:
+        for i in range(5):
+            store.snapshot({"small": f"step {i}", "shared": "x" * 5000})  # tiny packs: trailers dominate them
+        before = sorted(p.name for p in (repo_dir / "packs").rglob("*") if p.is_file())
+        for _ in range(2):
+            report = store.gc()
+            assert (report.packs_condemned, report.packs_repacked, report.packs_deleted) == (0, 0, 0)
+        assert sorted(p.name for p in (repo_dir / "packs").rglob("*") if p.is_file()) == before
