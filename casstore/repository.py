@@ -156,7 +156,9 @@ class Repository:
             snap_id, data = manifest.encode(fields)
             self.backend.put(manifest_key(snap_id), data)
             if time.monotonic() - checked > self.config.gc_grace / 2:
-                packs += self._repair_slow_write(snap_id, wanted, chunks, set(h for h, _ in nodes))
+                written = {e.hash for _, _, ents in packs for e in ents}
+                packs += self._repair_slow_write(snap_id, [h for h in wanted if h not in written], chunks,
+                                                 set(h for h, _ in nodes))
             self.index.commit([(pid, len(d), ents) for pid, d, ents in packs], [(snap_id, fields)])
             return snap_id, fields
 
