@@ -54,6 +54,11 @@ def copy_snapshots(src: Repository, dst: Repository, ids: Iterable[str | bytes] 
     wanted = src.index.snapshot_ids() if ids is None else list(dict.fromkeys(src.resolve(i) for i in ids))
     ordered = sorted(((sid, src.fields(sid)) for sid in wanted), key=lambda r: (r[1]["time"], r[1]["index"]))
     report = CopyReport(verified=verify)
+    coming = {sid for sid, _ in ordered}
+    absent = [f["parent"] for _, f in ordered
+              if f.get("parent") and f["parent"] not in coming and not dst.index.has_snapshot(f["parent"])]
+    if absent:  # a partial copy: the destination holds children whose parents stay behind, on purpose
+        dst.mark_forgotten(list(dict.fromkeys(absent)))
     for sid, fields in ordered:
         if dst.index.has_snapshot(sid):
             report.skipped.append(sid.hex())

@@ -373,11 +373,15 @@ class Repository:
     def delete_snapshots(self, snap_ids: Iterable[bytes]) -> None:
         """Remove manifests, leaving a tombstone so children do not look like a broken chain."""
         ids = list(snap_ids)
-        self.backend.put_many([(forgotten_key(sid), b"") for sid in ids])
-        self.index.add_forgotten(ids)
+        self.mark_forgotten(ids)
         for sid in ids:
             self.backend.delete(manifest_key(sid))
         self.index.remove_snapshots(ids)
+
+    def mark_forgotten(self, snap_ids: list[bytes]) -> None:
+        """Record snapshots as absent on purpose, so their children do not fail the chain check."""
+        self.backend.put_many([(forgotten_key(sid), b"") for sid in snap_ids])
+        self.index.add_forgotten(snap_ids)
 
     # index maintenance --------------------------------------------------
     def sync(self) -> tuple[int, int]:

@@ -265,3 +265,15 @@ def test_gc_on_s3_frees_a_deleted_snapshot_and_other_machines_follow(s3_server, 
             m2.restore(doomed.id)
         again = m2.snapshot(keep_state, agent_id="z")       # dedups against the surviving packs
         assert again.new_chunk_count == 0
+
+
+def test_partial_copy_after_forget_verifies_clean(tmp_path):
+    with casstore.open(str(tmp_path / "src")) as src, casstore.open(str(tmp_path / "dst")) as dst:
+        infos = [src.snapshot({"i": i, "pad": "p" * 3000}, agent_id="a") for i in range(4)]
+        src.forget(keep_last=2)
+        src.copy_to(dst)
+        assert [i.id for i in dst.list()] == [i.id for i in infos[2:]]
+        assert dst.verify().ok
+        with casstore.open(str(tmp_path / "dst2")) as dst2:
+            src.copy_to(dst2, ids=[infos[3].id])  # the parent stays behind on purpose
+            assert dst2.verify().ok and dst2.restore(infos[3].id)["i"] == 3
