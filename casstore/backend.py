@@ -494,11 +494,13 @@ def _protocol_of(url: str) -> str:
 
 
 def _single_attempt_sdk(options: dict) -> dict:
-    """botocore retries throttling and 5xx on its own (5 attempts, slow backoff);
-    Backend retries every request itself, so turn botocore's loop off unless the
-    caller configured it explicitly."""
+    """S3 SDK options: botocore retries throttling and 5xx on its own (5 attempts,
+    slow backoff); Backend retries every request itself, so turn botocore's loop
+    off unless the caller configured it explicitly."""
     config = dict(options.get("config_kwargs") or {})
     config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
+    # Restores fetch many packs at once; botocore's default of 10 connections would queue them.
+    config.setdefault("max_pool_connections", 32)
     return {**options, "config_kwargs": config}
 
 
