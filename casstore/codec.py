@@ -226,7 +226,7 @@ class _Encoder:
         """
         big = self.big_leaf
         return all((t := type(v)) is str and len(v) < big or t is float or t is bool or v is None
-                   or t is int and _INT_MIN <= v <= _INT_MAX for v in items)
+                   or t is int and _INT_MIN <= v <= _INT_MAX or t is bytes and len(v) < big for v in items)
 
     def container(self, obj: Any, path: str, build: Callable[[], Any]) -> Any:
         key = id(obj)
