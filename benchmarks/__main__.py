@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(Path(__file__).parent / "results.json"), help="JSON results path")
     p.add_argument("--repo-dir", default=None, help="scratch directory (default: a fresh temp dir, removed after)")
     p.add_argument("--cli", choices=("auto", "on", "off"), default="auto",
-                   help="restic/borg baselines: auto = everywhere, but only in workspace with --quick")
+                   help="restic/borg baselines: auto = on at full size, off with --quick")
     p.add_argument("--big-bytes", type=int, default=None,
                    help="size of the big state in bytes (default 1 GiB, 64 MiB with --quick)")
     return p.parse_args(argv)

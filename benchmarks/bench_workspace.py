@@ -16,7 +16,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     root = ctx.scratch / "workspace" / "_tree"
     shutil.rmtree(root, ignore_errors=True)
     rows = run_dir_workload(ctx, "workspace", root, workspace_steps(root, files=files, steps=steps, seed=0),
-                            steps, dir_tools(cli_wanted(ctx, cheap=True), with_borg=cli_wanted(ctx)))
+                            steps, dir_tools(cli_wanted(ctx)))
     shutil.rmtree(root, ignore_errors=True)
     cas, restic = find(rows, "casstore"), find(rows, "restic")
     for r in rows:

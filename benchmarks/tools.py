@@ -9,10 +9,10 @@ from .casstore_tool import CasstoreTool
 from .harness import Context
 
 
-def cli_wanted(ctx: Context, cheap: bool = False) -> bool:
-    """restic/borg cost ~0.3 s per snapshot; --quick keeps them only where a run is short (cheap)."""
+def cli_wanted(ctx: Context) -> bool:
+    """restic/borg cost ~0.3-0.9 s per call (key derivation included), so --quick skips them unless --cli on."""
     mode = ctx.extra.get("cli", "auto")
-    return mode == "on" or (mode == "auto" and (cheap or not ctx.quick))
+    return mode == "on" or (mode == "auto" and not ctx.quick)
 
 
 def state_tools(with_cli: bool = True) -> dict[str, Callable[..., Any]]:
@@ -22,11 +22,8 @@ def state_tools(with_cli: bool = True) -> dict[str, Callable[..., Any]]:
     return tools
 
 
-def dir_tools(with_cli: bool = True, with_borg: bool = True) -> dict[str, Callable[..., Any]]:
-    """Directory tools; restic stays whenever CLIs are wanted (the workspace target is against it)."""
+def dir_tools(with_cli: bool = True) -> dict[str, Callable[..., Any]]:
     tools: dict[str, Callable[..., Any]] = {"tar-zstd": TarZstdBaseline, "casstore": CasstoreTool}
     if with_cli:
-        tools["restic"] = ResticBaseline
-        if with_borg:
-            tools["borg"] = BorgBaseline
+        tools.update({"restic": ResticBaseline, "borg": BorgBaseline})
     return tools
