@@ -31,5 +31,9 @@ class ConfigurationError(CasstoreError, ValueError):
     """A repository, URL or option is invalid or missing."""
 
 
+class AuthenticationError(ConfigurationError):
+    """No key of an encrypted repository opens with the password given (or none was given)."""
+
+
 class SerializationError(CasstoreError, TypeError):
     """Part of the state cannot be encoded; the message names its path."""
