@@ -12,6 +12,11 @@ same nodes give inclusion proofs.
 Node bytes: b"T", level (u8), count (u16 LE), then count x (32-byte hash,
 u64 LE size); size is a chunk's raw length at level 0, a subtree's raw bytes
 above.
+
+Node ids come from the repository's hasher (plain BLAKE3, or BLAKE3 keyed
+with the id key in an encrypted repository, see crypto.py): every function
+that hashes takes it as `digest`, plain BLAKE3 by default. Checking a proof
+of an encrypted repository therefore needs that repository's id key.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ _ITEM = struct.Struct("<32sQ")
 _MASK = (1 << FANOUT_BITS) - 1
 
 Entry = tuple[bytes, int]
+Digest = Callable[[bytes], bytes]
 
 
 def encode_node(level: int, entries: list[Entry]) -> bytes:
@@ -53,8 +59,9 @@ def node_hash(data: bytes) -> bytes:
     return blake3.blake3(data).digest()
 
 
-def build(entries: list[Entry]) -> tuple[bytes, int, list[tuple[bytes, bytes]]]:
+def build(entries: list[Entry], digest: Digest | None = None) -> tuple[bytes, int, list[tuple[bytes, bytes]]]:
     """Return (root hash, height, [(node hash, node bytes)]) for a chunk list."""
+    digest = digest or node_hash
     nodes: list[tuple[bytes, bytes]] = []
     level, current = 0, entries
     while True:
@@ -62,7 +69,7 @@ def build(entries: list[Entry]) -> tuple[bytes, int, list[tuple[bytes, bytes]]]:
         parents = []
         for group in groups:
             data = encode_node(level, group)
-            h = node_hash(data)
+            h = digest(data)
             nodes.append((h, data))
             parents.append((h, sum(s for _, s in group)))
         if len(parents) == 1:
@@ -86,10 +93,12 @@ def _split(entries: list[Entry]) -> list[list[Entry]]:
 FetchNodes = Callable[[list[bytes]], dict[bytes, bytes]]
 
 
-def walk_levels(root: bytes, height: int, fetch: FetchNodes) -> list[list[tuple[bytes, list[Entry]]]]:
+def walk_levels(root: bytes, height: int, fetch: FetchNodes,
+                digest: Digest | None = None) -> list[list[tuple[bytes, list[Entry]]]]:
     """Read the whole tree, top level first: levels[i] = [(node hash, entries)] in order."""
     if not 1 <= height <= MAX_HEIGHT:
         raise IntegrityError(f"tree height {height} is outside 1..{MAX_HEIGHT}")
+    digest = digest or node_hash
     levels = []
     hashes = [root]
     for level in range(height - 1, -1, -1):
@@ -97,7 +106,7 @@ def walk_levels(root: bytes, height: int, fetch: FetchNodes) -> list[list[tuple[
         row = []
         for h in hashes:
             raw = data[h]
-            if node_hash(raw) != h:
+            if digest(raw) != h:
                 raise IntegrityError(f"tree node {h.hex()} does not match its hash")
             row.append((h, decode_node(raw, level)[1]))
         levels.append(row)
@@ -105,13 +114,13 @@ def walk_levels(root: bytes, height: int, fetch: FetchNodes) -> list[list[tuple[
     return levels
 
 
-def leaf_entries(root: bytes, height: int, fetch: FetchNodes) -> list[Entry]:
+def leaf_entries(root: bytes, height: int, fetch: FetchNodes, digest: Digest | None = None) -> list[Entry]:
     """The snapshot's chunk list, in order."""
-    return [e for _, entries in walk_levels(root, height, fetch)[-1] for e in entries]
+    return [e for _, entries in walk_levels(root, height, fetch, digest)[-1] for e in entries]
 
 
-def node_hashes(root: bytes, height: int, fetch: FetchNodes) -> list[bytes]:
-    return [h for row in walk_levels(root, height, fetch) for h, _ in row]
+def node_hashes(root: bytes, height: int, fetch: FetchNodes, digest: Digest | None = None) -> list[bytes]:
+    return [h for row in walk_levels(root, height, fetch, digest) for h, _ in row]
 
 
 @dataclass(frozen=True)
@@ -132,9 +141,9 @@ class Proof:
         return cls(str(d["chunk"]), steps)
 
 
-def prove(root: bytes, height: int, fetch: FetchNodes, chunk: bytes) -> Proof | None:
+def prove(root: bytes, height: int, fetch: FetchNodes, chunk: bytes, digest: Digest | None = None) -> Proof | None:
     """Proof that chunk is in the tree, or None when it is not."""
-    levels = walk_levels(root, height, fetch)
+    levels = walk_levels(root, height, fetch, digest)
     by_hash = {h: entries for row in levels for h, entries in row}
 
     def search(h: bytes, level: int) -> list | None:
@@ -156,9 +165,18 @@ def prove(root: bytes, height: int, fetch: FetchNodes, chunk: bytes) -> Proof | 
     return Proof(chunk.hex(), steps)
 
 
-def verify_proof(proof: Proof | dict, root: str | bytes) -> bool:
-    """Check an inclusion proof against a Merkle root, with nothing but the proof."""
+def verify_proof(proof: Proof | dict, root: str | bytes, *, key: str | bytes | None = None) -> bool:
+    """Check an inclusion proof against a Merkle root, with nothing but the proof.
+
+    key: the id key of an encrypted repository (`Store.proof_key`), whose node
+    ids are keyed BLAKE3; None for an unencrypted one.
+    """
     try:
+        if key is None:
+            digest = node_hash
+        else:
+            k = key if isinstance(key, bytes) else bytes.fromhex(key)
+            digest = lambda data: blake3.blake3(data, key=k).digest()  # noqa: E731
         if isinstance(proof, dict):
             proof = Proof.from_dict(proof)
         want = root if isinstance(root, bytes) else bytes.fromhex(root)
@@ -169,7 +187,7 @@ def verify_proof(proof: Proof | dict, root: str | bytes) -> bool:
             decoded = [(bytes.fromhex(h), s) for h, s in entries]
             if decoded[pos][0] != current:
                 return False
-            current = node_hash(encode_node(level, decoded))
+            current = digest(encode_node(level, decoded))
         return bool(proof.steps) and current == want
     except (ValueError, KeyError, TypeError, struct.error):
         return False
