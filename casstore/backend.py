@@ -34,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import fsspec
 from fsspec.core import url_to_fs
 
+from casstore import observability as _obs
 from casstore.errors import ConfigurationError, ObjectNotFoundError, StorageError
 
 __all__ = ["Backend", "redact_url"]
@@ -149,8 +150,11 @@ def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF
     return random.uniform(0, min(cap, base * (2**attempt)))
 
 
-def with_retries(fn: Callable[[], T], retries: int, sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call `fn`, retrying transient failures up to `retries` times; re-raise the last."""
+def with_retries(fn: Callable[[], T], retries: int, sleep: Callable[[float], None] = time.sleep,
+                 on_retry: Callable[[BaseException, int], None] | None = None) -> T:
+    """Call `fn`, retrying transient failures up to `retries` times; re-raise the last.
+
+    `on_retry(exc, attempt)` is told of each transient failure before its retry."""
     attempt = 0
     while True:
         try:
@@ -158,6 +162,8 @@ def with_retries(fn: Callable[[], T], retries: int, sleep: Callable[[float], Non
         except Exception as exc:  # noqa: BLE001 - classified below
             if attempt >= retries or not is_transient(exc):
                 raise
+            if on_retry is not None:
+                on_retry(exc, attempt)
             sleep(backoff_delay(attempt))
             attempt += 1
 
@@ -258,7 +264,8 @@ class Backend:
             return fn()
 
         try:
-            return with_retries(attempt, self.retries)
+            return with_retries(attempt, self.retries,
+                                on_retry=lambda exc, n: _obs.request_retry(self, op, key, exc, n))
         except StorageError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a StorageError
@@ -266,6 +273,7 @@ class Backend:
             if _is_not_found(exc):
                 raise ObjectNotFoundError(f"{op} {where}: object not found") from exc
             detail = _describe(exc)
+            _obs.request_failed(self, op, key, exc, f"{op} {where} failed: {detail}")
             raise StorageError(f"{op} {where} failed: {detail}") from exc
 
     def _executor(self) -> ThreadPoolExecutor:

@@ -128,7 +128,7 @@ def collect(repo: Repository, *, dry_run: bool = False, grace: float | None = No
         repo.backend.delete(condemned_key(p))
     repo.index.remove_packs({p: held.get(p, []) for p in to_delete})
     report.seconds = time.time() - started
-    log.info("gc", extra={"casstore": {"op": "gc", **{k: v for k, v in report.to_dict().items() if k != "deleted"}}})
+    log.debug("gc", extra={"casstore": {"op": "gc", **{k: v for k, v in report.to_dict().items() if k != "deleted"}}})
     return report
 
 

@@ -19,6 +19,8 @@ from .repository import Repository, Stream
 from .tree import Proof
 from .verify import VerifyReport
 from .verify import verify as verify_repo
+from . import observability as _obs
+from .observability import observed
 
 log = logging.getLogger("casstore")
 
@@ -94,6 +96,7 @@ class Store:
         self._repo.close()
 
     # writing ------------------------------------------------------------
+    @observed("snapshot")
     def snapshot(self, state: Any, agent_id: str = "default", session_id: str = "default", *,
                  description: str | None = None, metadata: dict | None = None,
                  allow_pickle: bool = False) -> SnapshotInfo:
@@ -108,6 +111,7 @@ class Store:
         _log_op("snapshot", info, started)
         return info
 
+    @observed("snapshot_dir")
     def snapshot_dir(self, path: str, agent_id: str = "default", session_id: str = "default", *,
                      description: str | None = None, metadata: dict | None = None,
                      exclude: list[str] | None = None, progress: Any = None) -> SnapshotInfo:
@@ -120,6 +124,7 @@ class Store:
         _log_op("snapshot_dir", info, started)
         return info
 
+    @observed("restore_dir", _obs.snapshot_by_id)
     def restore_dir(self, id: str, dest: str, *, overwrite: bool = False, progress: Any = None) -> None:
         """Recreate a directory snapshot under dest (which must be empty unless overwrite)."""
         from . import dirsnap
@@ -127,6 +132,7 @@ class Store:
         dirsnap.restore_dir(self._repo, sid, self._repo.fields(sid), dest, overwrite=overwrite, progress=progress)
 
     # reading ------------------------------------------------------------
+    @observed("restore")
     def restore(self, id: str | None = None, *, agent_id: str | None = None, session_id: str | None = None,
                 allow_pickle: bool = False) -> Any:
         """The state of a snapshot, by id (or unique prefix) or the latest of a lineage."""
@@ -174,10 +180,12 @@ class Store:
         """Learn snapshots other machines wrote to the same storage; returns how many were new."""
         return self._repo.sync()[0]
 
+    @observed("copy")
     def copy_to(self, other: "Store", ids: list[str] | None = None) -> CopyReport:
         """Copy snapshots (all, or these ids/prefixes) into other, sending only chunks it lacks."""
         return copy_snapshots(self._repo, other._repo, ids)
 
+    @observed("verify")
     def verify(self, id: str | None = None, deep: bool = False, *, read_fraction: float = 1.0,
                max_bytes: int | None = None) -> VerifyReport:
         """Check the repository, or one snapshot; deep re-reads and re-hashes the data."""
@@ -197,6 +205,7 @@ class Store:
             raise ChunkNotFoundError(f"chunk {chunk_hash} is not part of snapshot {sid.hex()}")
         return proof
 
+    @observed("forget")
     def forget(self, *, keep_last: int | None = None, keep_within: str | float | _dt.timedelta | None = None,
                keep_daily: int | None = None, agent_id: str | None = None, session_id: str | None = None,
                dry_run: bool = False) -> list[SnapshotInfo]:
@@ -213,6 +222,7 @@ class Store:
             self._repo.delete_snapshots([bytes.fromhex(s.id) for s in doomed])
         return sorted(doomed, key=lambda s: (s.timestamp, s.index))
 
+    @observed("gc")
     def gc(self, dry_run: bool = False, *, grace: float | None = None,
            repack_threshold: float = gc_mod.REPACK_THRESHOLD) -> gc_mod.GCReport:
         """Free what no snapshot references; safe while other writers keep snapshotting (see gc.py)."""
@@ -271,8 +281,5 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
 
 
 def _log_op(op: str, info: SnapshotInfo, started: float) -> None:
-    if log.isEnabledFor(logging.INFO):
-        log.info("%s %s", op, info.id[:12], extra={"casstore": {
-            "op": op, "id": info.id, "raw_size": info.raw_size, "stored_size": info.stored_size,
-            "chunks": info.chunk_count, "new_chunks": info.new_chunk_count,
-            "seconds": round(time.perf_counter() - started, 6)}})
+    """Tell the running observed operation (see observability.py) which snapshot it wrote or read."""
+    _obs.note_snapshot(info)

@@ -88,7 +88,7 @@ def verify(repo: Repository, snap_ids: list[bytes] | None = None, *, deep: bool 
         _check_data(repo, pack_keys, data | nodes, owners, names, report, read_fraction, max_bytes, seed)
     report.snapshots_checked = len(manifests)
     report.seconds = time.time() - started
-    log.info("verify", extra={"casstore": {"op": "verify", "ok": report.ok, "deep": deep,
+    log.debug("verify", extra={"casstore": {"op": "verify", "ok": report.ok, "deep": deep,
                                            "problems": len(report.problems), "seconds": round(report.seconds, 3)}})
     return report
 
