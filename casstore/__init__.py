@@ -1,11 +1,11 @@
 """casstore: a content-addressed, deduplicating snapshot store for AI-agent state."""
 
 from .codec import register_codec
-from .errors import (CasstoreError, ChunkNotFoundError, ConfigurationError, IntegrityError, SerializationError, SnapshotNotFoundError,
-                     StorageError)
+from .errors import (AuthenticationError, CasstoreError, ChunkNotFoundError, ConfigurationError, IntegrityError,
+                     SerializationError, SnapshotNotFoundError, StorageError)
 from .gc import GCReport
 from .store import SnapshotInfo, Stats, Store, open
-from .verify import Problem, VerifyReport
+from .verify import Problem, VerifyReport, verify_without_key
 from . import config
 from .tree import Proof, verify_proof
 
@@ -14,5 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "open", "Store", "SnapshotInfo", "Stats", "Proof", "verify_proof", "VerifyReport", "Problem", "GCReport", "register_codec",
     "CasstoreError", "ChunkNotFoundError", "SnapshotNotFoundError", "IntegrityError", "StorageError", "ConfigurationError",
-    "SerializationError",
+    "SerializationError", "AuthenticationError", "verify_without_key",
 ]

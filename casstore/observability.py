@@ -1,9 +1,9 @@
 """Logs, metrics and traces of what a store does; every dependency here is optional.
 
 Logging
-    Each public operation of a `Store` (snapshot, snapshot_dir, restore, restore_dir,
-    gc, verify, copy, forget) emits exactly one record on the ``casstore`` logger when
-    it ends. The record carries ``record.casstore``, a dict of plain values:
+    Each public operation of a `Store` emits exactly one record on the ``casstore``
+    logger when it ends; its ``op`` is snapshot, restore (both for state and directory
+    snapshots, told apart by ``kind``), gc, verify, copy or forget. The record carries ``record.casstore``, a dict of plain values:
 
     ``op``, ``outcome`` ("ok", "error", or "problems" for a verify that found some),
     ``duration_s``, ``backend`` (protocol: file, s3, ...), ``repo`` (the redacted URL),
@@ -118,7 +118,7 @@ class Operation:
         self._noted = True
         self.update(id=info.id, agent=info.agent_id, session=info.session_id, kind=info.kind,
                     raw_size=info.raw_size, chunks=info.chunk_count)
-        if self.op in ("snapshot", "snapshot_dir"):
+        if self.op == "snapshot":
             raw = info.raw_size
             if self.new_raw is not None:
                 dedup = max(0, raw - self.new_raw)
@@ -442,7 +442,7 @@ def _record_metrics(o: Operation, error: BaseException | None, label: str) -> No
         return
     if f.get("outcome") == "problems":
         m.errors.labels(kind="VerifyFailed", backend=label, op=o.op).inc()
-    if o.op in ("snapshot", "snapshot_dir") and "raw_size" in f:
+    if o.op == "snapshot" and "raw_size" in f:
         m.snapshots.inc()
         m.bytes_logical.inc(f["raw_size"])
         m.bytes_written.inc(f.get("stored_size", 0))

@@ -111,7 +111,7 @@ class Store:
         _log_op("snapshot", info, started)
         return info
 
-    @observed("snapshot_dir")
+    @observed("snapshot")
     def snapshot_dir(self, path: str, agent_id: str = "default", session_id: str = "default", *,
                      description: str | None = None, metadata: dict | None = None,
                      exclude: list[str] | None = None, progress: Any = None) -> SnapshotInfo:
@@ -124,7 +124,7 @@ class Store:
         _log_op("snapshot_dir", info, started)
         return info
 
-    @observed("restore_dir", _obs.snapshot_by_id)
+    @observed("restore", _obs.snapshot_by_id)
     def restore_dir(self, id: str, dest: str, *, overwrite: bool = False, progress: Any = None) -> None:
         """Recreate a directory snapshot under dest (which must be empty unless overwrite)."""
         from . import dirsnap
