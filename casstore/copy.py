@@ -15,6 +15,15 @@ fails midway leaves at most unreferenced packs on the destination.
 After each snapshot lands, the chunks that were sent are read back from the
 destination (hash-checked again), and its tree is walked there, so a report
 that says "copied" means the destination can restore it.
+
+Encrypted repositories: chunks are opened with the source's key and sealed
+again with the destination's (fresh nonces), and the manifest's plaintext is
+re-sealed, so it keeps its id. Ids are keyed by the repository's id key, so
+a copy needs both repositories to hash alike: both unencrypted, or both
+encrypted with the same master key (create the destination with
+`casstore.open(dst, password=..., encrypt=True, key_from=source_store)`).
+Between other pairs copy refuses with a ConfigurationError: every chunk,
+node and snapshot id would change, and with them the parent chain.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from . import manifest, tree
-from .errors import IntegrityError
+from .errors import ConfigurationError, IntegrityError
 from .pack import KIND_NODE, PackEntry
 from .repository import Repository, manifest_key, pack_key
 
@@ -48,6 +57,10 @@ class CopyReport:
 def copy_snapshots(src: Repository, dst: Repository, ids: Iterable[str | bytes] | None = None, *,
                    verify: bool = True, progress: Callable[[str, bytes], None] | None = None) -> CopyReport:
     """Copy snapshots (all, or these ids / unique prefixes) from src to dst."""
+    if src.hasher != dst.hasher:
+        raise ConfigurationError(
+            f"cannot copy from {src.backend.url} to {dst.backend.url}: their chunk ids are computed differently "
+            f"({_mode(src)} vs {_mode(dst)}); copies need both unencrypted or both encrypted with the same master key")
     if not src.backend.is_local:
         src.sync()
     dst.sync()
@@ -71,24 +84,24 @@ def copy_snapshots(src: Repository, dst: Repository, ids: Iterable[str | bytes] 
 
 
 def _copy_one(src: Repository, dst: Repository, sid: bytes, fields: dict, report: CopyReport, verify: bool) -> None:
-    data = src.backend.get(manifest_key(sid))
-    if manifest.decode(data, sid)["root"] != fields["root"]:
+    data = src.manifest_plaintext(sid)
+    if manifest.decode(data, sid, src.hasher)["root"] != fields["root"]:
         raise IntegrityError(f"snapshot {sid.hex()}: manifest in {src.backend.url} differs from the index")
-    nodes = tree.node_hashes(fields["root"], fields["height"], src.fetch_nodes)
+    nodes = tree.node_hashes(fields["root"], fields["height"], src.fetch_nodes, src.hasher)
     hashes = list(dict.fromkeys([*nodes, *(h for h, _ in src.entries(fields))]))
     with dst._lock:
         dst._refresh_marks(max_age=dst.config.gc_grace / 2)
         missing = dst.index.missing(hashes)
         todo = [h for h in hashes if h in missing]
         packs = _send(src, dst, todo)
-        dst.backend.put(manifest_key(sid), data)        # only after its packs are durable
+        dst.backend.put(manifest_key(sid), dst.seal_manifest(sid, data))   # only after its packs are durable
         dst.index.commit(packs, [(sid, fields)])
     report.chunks_sent += len(todo)
     report.packs_sent += len(packs)
     report.bytes_sent += sum(size for _, size, _ in packs) + len(data)
     if verify:
         dst._load(todo, lambda h, view: None)           # hash-checked read back of what was sent
-        tree.node_hashes(fields["root"], fields["height"], dst.fetch_nodes)
+        tree.node_hashes(fields["root"], fields["height"], dst.fetch_nodes, dst.hasher)
 
 
 def _send(src: Repository, dst: Repository, todo: list[bytes]) -> list[tuple[bytes, int, list[PackEntry]]]:
@@ -115,3 +128,7 @@ def _send(src: Repository, dst: Repository, todo: list[bytes]) -> list[tuple[byt
         out += [(pid, len(pdata), ents) for pid, pdata, ents in packs]
         batch, size = [], 0
     return out
+
+
+def _mode(repo: Repository) -> str:
+    return "encrypted" if repo.hasher.keyed else "unencrypted"

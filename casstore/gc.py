@@ -164,14 +164,13 @@ def _repack(repo: Repository, packs: list[bytes], canonical: dict[bytes, Locatio
     for h, loc in canonical.items():
         if loc.pack in by_pack or loc.pack in packs:
             by_pack.setdefault(loc.pack, []).append((h, loc))
-    writer = PackWriter()
+    writer = PackWriter(repo.sealer)   # sealed chunks move as they are: their AD is their id, not the pack
     new = []
     for pack_id in packs:
         data = memoryview(repo.backend.get(pack_key(pack_id)))
         for h, loc in sorted(by_pack.get(pack_id, []), key=lambda x: x[1].offset):
             stored = data[loc.offset:loc.offset + loc.stored_len]
-            raw = repo.codec.decompress(loc.method, stored, loc.raw_len, loc.itemsize)
-            repo.verify_chunk(h, raw, pack_id)
+            repo.decode_chunk(h, loc.method, stored, loc.raw_len, loc.itemsize, pack_id)
             writer.add(h, loc.kind, loc.method, loc.itemsize, bytes(stored), loc.raw_len)
     if len(writer):
         pack_id, data, entries = writer.finalize()

@@ -10,9 +10,17 @@ or nil), index (position in the lineage), time (UNIX seconds), desc, meta
 (user metadata), root (32-byte tree root = Merkle root), height (tree
 levels), raw (logical bytes), struct (bytes of the structure stream; blobs
 follow it), chunks (data chunks), new_chunks, stored (new bytes written).
+
+In an encrypted repository the id is the repository's keyed BLAKE3 of the
+plaintext manifest bytes (so ids reveal nothing and stay stable when the
+manifest is re-sealed, e.g. by copy), and the stored object is those bytes
+sealed with the snapshot id as associated data (see Repository.seal_manifest).
+Here `digest` is the repository's hasher, plain BLAKE3 by default.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import blake3
 import msgpack
@@ -26,21 +34,21 @@ _REQUIRED = {"v": int, "kind": str, "agent": str, "session": str, "index": int, 
              "root": bytes, "height": int, "raw": int, "struct": int, "chunks": int}
 
 
-def encode(fields: dict) -> tuple[bytes, bytes]:
+def encode(fields: dict, digest: Callable[[bytes], bytes] | None = None) -> tuple[bytes, bytes]:
     """Return (snapshot id, manifest bytes)."""
     try:
         data = msgpack.packb(fields, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as e:
         raise SerializationError(f"snapshot metadata must be plain msgpack data (dict, list, str, numbers): {e}") from e
-    return blake3.blake3(data).digest(), data
+    return (digest(data) if digest else blake3.blake3(data).digest()), data
 
 
-def decode(data: bytes, snap_id: bytes | None = None) -> dict:
+def decode(data: bytes, snap_id: bytes | None = None, digest: Callable[[bytes], bytes] | None = None) -> dict:
     """Parse and validate a manifest; with snap_id, check it hashes to that id."""
     name = snap_id.hex() if snap_id else "manifest"
     if len(data) > MAX_MANIFEST:
         raise IntegrityError(f"snapshot {name}: manifest of {len(data)} bytes exceeds the {MAX_MANIFEST}-byte bound")
-    if snap_id is not None and blake3.blake3(data).digest() != snap_id:
+    if snap_id is not None and (digest(data) if digest else blake3.blake3(data).digest()) != snap_id:
         raise IntegrityError(f"snapshot {name}: manifest does not hash to its id")
     try:
         fields = msgpack.unpackb(data, raw=False, strict_map_key=False)

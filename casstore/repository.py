@@ -9,6 +9,15 @@ durable, so a crash leaves at most unreferenced packs (which gc removes).
 Read: tree nodes -> chunk locations -> ranged pack reads (adjacent chunks
 coalesced, fetched in parallel) -> decompress -> BLAKE3 check -> copy into
 place. A chunk that does not match its hash raises IntegrityError.
+
+Encrypted repositories (see crypto.py) change two things, both through
+objects chosen once from the config: `self.hasher` (keyed BLAKE3) makes
+every chunk, node and snapshot id, and `self.sealer` (ChaCha20-Poly1305)
+seals each chunk after compression, each pack trailer and each manifest,
+and opens them before anything is decompressed or parsed. Unencrypted
+repositories get plain BLAKE3 and an identity sealer: the same bytes as ever.
+Their index holds decrypted metadata, so it never lives inside the
+repository: it goes to the per-user cache folder even for a local one.
 """
 
 from __future__ import annotations
@@ -21,16 +30,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-import blake3
-
-from . import manifest, tree
+from . import crypto, manifest, tree
 from .backend import Backend
 from .chunker import Chunker
 from .compress import Codec
 from .config import RepoConfig, cache_dir
-from .errors import ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError, StorageError
+from .errors import (AuthenticationError, ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError,
+                     StorageError)
 from .index import Index, Location
-from .pack import FOOTER_SIZE, KIND_DATA, KIND_NODE, PackEntry, PackWriter, parse_footer, parse_trailer
+from .pack import FOOTER_SIZE, KIND_DATA, KIND_NODE, PackEntry, PackWriter, open_trailer, parse_footer
 
 CONFIG_KEY = "config"
 CONDEMNED_PREFIX = "gc/condemned/"
@@ -55,6 +63,10 @@ def pack_key(pack_id: bytes) -> str:
 def manifest_key(snap_id: bytes) -> str:
     h = snap_id.hex()
     return f"snapshots/{h[:2]}/{h}"
+
+
+def key_object_key(key_id: str) -> str:
+    return crypto.KEYS_PREFIX + key_id
 
 
 def condemned_key(pack_id: bytes) -> str:
@@ -90,9 +102,14 @@ class Repository:
 
     def __init__(self, backend: Backend, *, index_path: str | None = None, compression_level: int = 3,
                  create: bool = True, workers: int | None = None, read_workers: int | None = None,
-                 new_config: RepoConfig | None = None):
+                 new_config: RepoConfig | None = None, password: bytes | None = None,
+                 master_key: bytes | None = None):
+        """password unlocks an encrypted repository (or protects a new one); master_key, only when
+        creating, reuses another repository's key so that copies between the two keep their ids."""
         self.backend = backend
-        self.config = self._load_or_create_config(create, new_config or RepoConfig())
+        self.config = self._load_or_create_config(create, new_config or RepoConfig(), password, master_key)
+        self.hasher = self.keys.hasher
+        self.sealer = self.keys.sealer
         self.chunker = Chunker(self.config.structure_cdc, self.config.blob_cdc)
         self.codec = Codec(compression_level)
         self.index_path = index_path or self._default_index_path()
@@ -118,18 +135,126 @@ class Repository:
         self.backend.close()
 
     # config -------------------------------------------------------------
-    def _load_or_create_config(self, create: bool, cfg: RepoConfig) -> RepoConfig:
+    def _load_or_create_config(self, create: bool, cfg: RepoConfig, password: bytes | None,
+                               master_key: bytes | None) -> RepoConfig:
         try:
-            return RepoConfig.decode(self.backend.get(CONFIG_KEY), self.backend.url)
+            return self._load_config(self.backend.get(CONFIG_KEY), password)
         except ObjectNotFoundError:
             if not create:
                 raise ConfigurationError(f"no casstore repository at {self.backend.url} (run `casstore init`)") from None
-        if not self.backend.put_if_absent(CONFIG_KEY, cfg.encode()):
-            return RepoConfig.decode(self.backend.get(CONFIG_KEY), self.backend.url)
+        data = cfg.encode()
+        key_id = None
+        if cfg.encryption:
+            if not password:
+                raise AuthenticationError(f"creating an encrypted repository at {self.backend.url} needs a password")
+            master = master_key or crypto.new_master_key()
+            key_id = crypto.new_key_id()    # the key object lands first: a config never names a keyless repository
+            self.backend.put(key_object_key(key_id), crypto.wrap(master, password, cfg.repo_id, data))
+        if not self.backend.put_if_absent(CONFIG_KEY, data):
+            if key_id is not None:
+                self.backend.delete(key_object_key(key_id))
+            return self._load_config(self.backend.get(CONFIG_KEY), password)
+        self._config_bytes = data
+        self.keys = crypto.Keys.from_master(master, key_id) if cfg.encryption else crypto.Keys.plain()
         return cfg
 
+    def _load_config(self, data: bytes, password: bytes | None) -> RepoConfig:
+        cfg = RepoConfig.decode(data, self.backend.url)
+        self._config_bytes = data
+        if not cfg.encryption:
+            self.keys = crypto.Keys.plain()
+            return cfg
+        if not password:
+            raise AuthenticationError(f"repository {self.backend.url} is encrypted: give a password "
+                                      f"(password=, key_file= or ${crypto.ENV_PASSWORD})")
+        self.keys = crypto.unlock(self._key_objects(), password, cfg.repo_id, data, self.backend.url)
+        return cfg
+
+    def _key_objects(self) -> dict[str, bytes]:
+        out = {}
+        for key in self.backend.list(crypto.KEYS_PREFIX):
+            try:
+                out[key.rsplit("/", 1)[-1]] = self.backend.get(key)
+            except ObjectNotFoundError:
+                continue   # removed meanwhile (a password change elsewhere)
+        return out
+
+    # passwords (encrypted repositories) ---------------------------------------
+    def _need_key(self) -> bytes:
+        if self.keys.master is None:
+            raise ConfigurationError(f"repository {self.backend.url} is not encrypted; it has no passwords")
+        return self.keys.master
+
+    def add_password(self, password: bytes, *, scrypt_n: int = crypto.SCRYPT_N) -> str:
+        """Let another password unlock the repository; returns the new key object's id. No data is rewritten."""
+        if not password:
+            raise ConfigurationError("the new password is empty")
+        key_id = crypto.new_key_id()
+        self.backend.put(key_object_key(key_id), crypto.wrap(self._need_key(), password, self.config.repo_id,
+                                                              self._config_bytes, n=scrypt_n))
+        return key_id
+
+    def change_password(self, password: bytes, *, scrypt_n: int = crypto.SCRYPT_N) -> str:
+        """Replace the password this repository was opened with: a new key object, then the old one is deleted."""
+        old = self.keys.key_id
+        key_id = self.add_password(password, scrypt_n=scrypt_n)
+        if old is not None:
+            self.backend.delete(key_object_key(old))
+        self.keys = crypto.Keys(self.keys.hasher, self.keys.sealer, self.keys.master, key_id)
+        return key_id
+
+    def list_keys(self) -> list[dict]:
+        """The key objects: id, creation time, KDF parameters, and which one opened this session."""
+        self._need_key()
+        out = []
+        for key_id, data in sorted(self._key_objects().items()):
+            d = crypto.parse_key_object(data, key_object_key(key_id))
+            out.append({"id": key_id, "created": d.get("created"), "kdf": f"scrypt n={d['n']} r={d['r']} p={d['p']}",
+                        "current": key_id == self.keys.key_id})
+        return out
+
+    def remove_key(self, key_id: str) -> None:
+        """Delete a key object (its password stops working); refuses the last one and the one in use."""
+        self._need_key()
+        objects = self._key_objects()
+        matches = [k for k in objects if k.startswith(key_id)] if key_id else []
+        if len(matches) != 1:
+            raise ConfigurationError(f"key {key_id!r} matches {len(matches)} key objects")
+        if matches[0] == self.keys.key_id:
+            raise ConfigurationError("refusing to remove the key this session was opened with (use another password)")
+        if len(objects) < 2:
+            raise ConfigurationError("refusing to remove the last key: the repository would be unreadable")
+        self.backend.delete(key_object_key(matches[0]))
+
+    # sealed objects -------------------------------------------------------------
+    def seal_manifest(self, snap_id: bytes, data: bytes) -> bytes:
+        return self.sealer.seal(data, crypto.AD_MANIFEST + snap_id)
+
+    def open_manifest(self, snap_id: bytes, stored: bytes) -> dict:
+        """Open (when sealed), check against its id and parse a stored manifest."""
+        if len(stored) > manifest.MAX_MANIFEST + crypto.OVERHEAD:
+            raise IntegrityError(f"snapshot {snap_id.hex()}: manifest of {len(stored)} bytes exceeds the bound")
+        data = self.sealer.open(stored, crypto.AD_MANIFEST + snap_id, f"snapshot {snap_id.hex()}")
+        return manifest.decode(bytes(data), snap_id, self.hasher)
+
+    def manifest_plaintext(self, snap_id: bytes) -> bytes:
+        """The manifest bytes the snapshot id hashes (opened and checked)."""
+        stored = self.backend.get(manifest_key(snap_id))
+        data = bytes(self.sealer.open(stored, crypto.AD_MANIFEST + snap_id, f"snapshot {snap_id.hex()}"))
+        manifest.decode(data, snap_id, self.hasher)
+        return data
+
+    def decode_chunk(self, h: bytes, method: int, stored: bytes | memoryview, raw_len: int, itemsize: int,
+                     pack_id: bytes) -> bytes | memoryview:
+        """Stored bytes -> open (when sealed) -> decompress -> check against the id."""
+        if self.sealer.encrypted:
+            stored = self.sealer.open(stored, h, f"chunk {h.hex()} in pack {pack_id.hex()}")
+        data = self.codec.decompress(method, stored, raw_len, itemsize)
+        self.verify_chunk(h, data, pack_id)
+        return data
+
     def _default_index_path(self) -> str:
-        if self.backend.is_local:
+        if self.backend.is_local and not self.config.encryption:
             return os.path.join(self.backend.local_path, "index")
         return os.path.join(cache_dir(), self.config.repo_id, "index")
 
@@ -138,7 +263,7 @@ class Repository:
               description: str | None, metadata: dict | None) -> tuple[bytes, dict]:
         """Store one snapshot made of streams (structure first, never reused); return (id, manifest fields)."""
         entries, chunks = self._chunk_streams(streams)
-        root, height, nodes = tree.build(entries)
+        root, height, nodes = tree.build(entries, self.hasher)
         chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
         wanted = [h for h, _ in entries] + [h for h, _ in nodes]
         with self._lock:
@@ -154,8 +279,8 @@ class Repository:
                 "new_chunks": sum(1 for _, _, ents in packs for e in ents if e.kind == KIND_DATA),
                 "stored": sum(len(data) for _, data, _ in packs),
             }
-            snap_id, data = manifest.encode(fields)
-            self.backend.put(manifest_key(snap_id), data)
+            snap_id, data = manifest.encode(fields, self.hasher)
+            self.backend.put(manifest_key(snap_id), self.seal_manifest(snap_id, data))
             if time.monotonic() - checked > self.config.gc_grace / 2:
                 written = {e.hash for _, _, ents in packs for e in ents}
                 packs += self._repair_slow_write(snap_id, [h for h in wanted if h not in written], chunks,
@@ -199,6 +324,7 @@ class Repository:
     def _chunk_streams(self, streams: list[Stream]) -> tuple[list[tree.Entry], dict[bytes, tuple]]:
         entries: list[tree.Entry] = []
         chunks: dict[bytes, tuple] = {}
+        digest = self.hasher
         for s in streams:
             if s.entries is not None:
                 entries.extend(s.entries)
@@ -206,7 +332,7 @@ class Repository:
             spans = self.chunker.cut_structure(s.data) if s.structure else self.chunker.cut_blob(s.data, s.row_bytes)
             for off, n in spans:
                 view = s.data[off:off + n]
-                h = blake3.blake3(view).digest()
+                h = digest(view)
                 entries.append((h, n))
                 if h not in chunks:
                     chunks[h] = (view, s.itemsize)
@@ -217,18 +343,22 @@ class Repository:
         if not todo:
             return []
 
+        sealed = self.sealer.encrypted
+
         def compress(job: tuple) -> tuple:
             h, view, itemsize, kind = job
             method, stored = self.codec.compress(view, itemsize)
+            if sealed:
+                stored = self.sealer.seal(stored, h)
             return h, kind, method, itemsize, stored, len(view)
 
         results = list(self.pool.map(compress, todo)) if len(todo) > 4 else [compress(j) for j in todo]
-        packs, writer = [], PackWriter()
+        packs, writer = [], PackWriter(self.sealer)
         for h, kind, method, itemsize, stored, raw_len in results:
             writer.add(h, kind, method, itemsize, stored, raw_len)
             if writer.size >= PACK_TARGET:
                 packs.append(writer.finalize())
-                writer = PackWriter()
+                writer = PackWriter(self.sealer)
         if len(writer):
             packs.append(writer.finalize())
         return packs
@@ -255,7 +385,7 @@ class Repository:
         return out
 
     def entries(self, fields: dict) -> list[tree.Entry]:
-        return tree.leaf_entries(fields["root"], fields["height"], self.fetch_nodes)
+        return tree.leaf_entries(fields["root"], fields["height"], self.fetch_nodes, self.hasher)
 
     def read(self, fields: dict, start: int = 0, end: int | None = None,
              entries: list[tree.Entry] | None = None) -> bytearray:
@@ -324,9 +454,7 @@ class Repository:
             buf = memoryview(self.backend.get_range(pack_key(pack_id), base, end))
             for h, loc in group:
                 stored = buf[loc.offset - base:loc.offset - base + loc.stored_len]
-                data = self.codec.decompress(loc.method, stored, loc.raw_len, loc.itemsize)
-                self.verify_chunk(h, data, pack_id)
-                sink(h, memoryview(data))
+                sink(h, memoryview(self.decode_chunk(h, loc.method, stored, loc.raw_len, loc.itemsize, pack_id)))
 
         def work_batch(batch: list) -> None:
             for job in batch:
@@ -359,9 +487,8 @@ class Repository:
             loads[i] += size
         return batches
 
-    @staticmethod
-    def verify_chunk(h: bytes, data: bytes | memoryview, pack_id: bytes) -> None:
-        if blake3.blake3(data).digest() != h:
+    def verify_chunk(self, h: bytes, data: bytes | memoryview, pack_id: bytes) -> None:
+        if self.hasher(data) != h:
             raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()} does not match its hash")
 
     # snapshots ----------------------------------------------------------
@@ -394,7 +521,7 @@ class Repository:
         return f
 
     def load_manifest(self, snap_id: bytes) -> dict:
-        return manifest.decode(self.backend.get(manifest_key(snap_id)), snap_id)
+        return self.open_manifest(snap_id, self.backend.get(manifest_key(snap_id)))
 
     def delete_snapshots(self, snap_ids: Iterable[bytes]) -> None:
         """Remove manifests, leaving a tombstone so children do not look like a broken chain."""
@@ -452,7 +579,7 @@ class Repository:
             if pack_id is None:
                 return None
             try:
-                return (pack_id, *read_pack_trailer(self.backend, key))
+                return (pack_id, *read_pack_trailer(self.backend, key, self.sealer))
             except (IntegrityError, ObjectNotFoundError):
                 return None   # a damaged or vanished pack: verify reports it, sync skips it
         return [r for r in self.read_pool.map(one, keys) if r is not None]
@@ -463,20 +590,22 @@ class Repository:
             if sid is None:
                 return None
             try:
-                return sid, manifest.decode(self.backend.get(key), sid)
+                return sid, self.open_manifest(sid, self.backend.get(key))
             except (IntegrityError, ObjectNotFoundError):
                 return None
         return [r for r in self.read_pool.map(one, keys) if r is not None]
 
 
-def read_pack_trailer(backend: Backend, key: str) -> tuple[int, list[PackEntry]]:
-    """(pack size, entries) from the pack's footer and trailer, with bounds checks."""
+def read_pack_trailer(backend: Backend, key: str, sealer: crypto.Sealer = crypto.NULL_SEALER
+                      ) -> tuple[int, list[PackEntry]]:
+    """(pack size, entries) from the pack's footer and trailer (opened when sealed), with bounds checks."""
     size = backend.size(key)
     if size < FOOTER_SIZE:
         raise IntegrityError(f"pack {key} is {size} bytes, smaller than a footer")
-    trailer_len = parse_footer(backend.get_range(key, size - FOOTER_SIZE, size), size)
+    footer = backend.get_range(key, size - FOOTER_SIZE, size)
+    trailer_len = parse_footer(footer, size)
     trailer = backend.get_range(key, size - FOOTER_SIZE - trailer_len, size - FOOTER_SIZE)
-    return size, parse_trailer(trailer, size)
+    return size, open_trailer(trailer, footer, size, sealer, f"pack {key}")
 
 
 def _key_id(key: str) -> bytes | None:

@@ -7,6 +7,13 @@ with the trailers. Deep mode also reads packs whole (one at a time per
 worker, so memory stays bounded by the pack size), checks each pack hashes
 to its name and re-hashes every chunk; it can be limited to a fraction of
 the packs or a byte budget, as restic's --read-data-subset.
+
+Encrypted repositories: with the key, everything above (trailers and
+manifests are opened, every chunk authenticated). Without it,
+verify_without_key checks what needs no key: the config, each key object's
+fields, every manifest's and pack's name, every pack footer and its bounds,
+and in deep mode that every pack hashes to its name (pack names are plain
+BLAKE3 of the pack bytes for exactly this reason).
 """
 
 from __future__ import annotations
@@ -16,13 +23,17 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from concurrent.futures import ThreadPoolExecutor
+
 import blake3
 
-from . import manifest
+from . import crypto
+from .backend import Backend
+from .config import RepoConfig
 from .errors import CasstoreError, IntegrityError
 from .liveness import reachable
-from .pack import read_entries
-from .repository import Repository, _key_id, manifest_key, pack_key, read_pack_trailer
+from .pack import FOOTER_SIZE, VERSION_SEALED, read_entries, read_footer
+from .repository import CONFIG_KEY, Repository, _key_id, manifest_key, pack_key, read_pack_trailer
 
 log = logging.getLogger("casstore")
 
@@ -98,7 +109,7 @@ def _check_trailers(repo: Repository, pack_keys: dict[bytes, str], report: Verif
     def one(item: tuple[bytes, str]):
         pid, key = item
         try:
-            return pid, read_pack_trailer(repo.backend, key)
+            return pid, read_pack_trailer(repo.backend, key, repo.sealer)
         except CasstoreError as e:
             return pid, e
     trailers = {}
@@ -124,7 +135,7 @@ def _check_manifests(repo: Repository, snap_ids: list[bytes] | None, report: Ver
     out = []
     for sid in wanted:
         try:
-            fields = manifest.decode(repo.backend.get(manifest_key(sid)), sid)
+            fields = repo.open_manifest(sid, repo.backend.get(manifest_key(sid)))
         except CasstoreError as e:
             report.problems.append(Problem("manifest", str(e), [sid.hex()], manifest_key(sid)))
             continue
@@ -194,14 +205,13 @@ def _check_data(repo: Repository, pack_keys: dict[bytes, str], referenced: set[b
         if blake3.blake3(data).digest() != pid:
             problems.append(Problem("pack", f"pack {pid.hex()} does not hash to its name", object=key))
         try:
-            entries = read_entries(data)
+            entries = read_entries(data, repo.sealer, f"pack {pid.hex()}")
         except IntegrityError as e:
             return len(data), 0, problems + [Problem("trailer", f"pack {pid.hex()}: {e}", object=key)]
         view = memoryview(data)
         for e in entries:
             try:
-                raw = repo.codec.decompress(e.method, view[e.offset:e.offset + e.stored_len], e.raw_len, e.itemsize)
-                repo.verify_chunk(e.hash, raw, pid)
+                repo.decode_chunk(e.hash, e.method, view[e.offset:e.offset + e.stored_len], e.raw_len, e.itemsize, pid)
             except IntegrityError as err:
                 owner = [names[owners[e.hash]]] if e.hash in owners else []
                 sev = "error" if e.hash in referenced else "info"
@@ -220,3 +230,69 @@ def _check_data(repo: Repository, pack_keys: dict[bytes, str], referenced: set[b
             batch = []
             if budget is not None and report.bytes_read >= budget:
                 break
+
+
+def verify_without_key(url: str | Backend, *, deep: bool = False, storage_options: dict | None = None) -> VerifyReport:
+    """Check what needs no key (see the module docstring); works on any repository, encrypted or not."""
+    if isinstance(url, Backend):
+        return _verify_without_key(url, deep)
+    backend = Backend(url, storage_options)
+    try:
+        return _verify_without_key(backend, deep)
+    finally:
+        backend.close()
+
+
+def _verify_without_key(backend: Backend, deep: bool) -> VerifyReport:
+    started = time.time()
+    report = VerifyReport(deep=deep)
+    try:
+        config_bytes = backend.get(CONFIG_KEY)
+        cfg = RepoConfig.decode(config_bytes, backend.url)
+    except CasstoreError as e:
+        report.problems.append(Problem("config", f"repository config: {e}", object=CONFIG_KEY))
+        report.seconds = time.time() - started
+        return report
+    key_keys = backend.list(crypto.KEYS_PREFIX)
+    for key in key_keys:
+        try:
+            crypto.parse_key_object(backend.get(key), key)
+        except CasstoreError as e:
+            report.problems.append(Problem("key", str(e), object=key))
+    if cfg.encryption and not key_keys:
+        report.problems.append(Problem("key", "encrypted repository holds no key objects: nothing can unlock it"))
+    for key in backend.list("snapshots/"):
+        sid = _key_id(key)
+        if sid is None or key != manifest_key(sid):
+            report.problems.append(Problem("manifest", f"{key} is not named by a snapshot id", object=key))
+            continue
+        report.snapshots_checked += 1
+        if cfg.encryption and backend.size(key) < crypto.OVERHEAD:
+            report.problems.append(Problem("manifest", f"sealed manifest {key} is shorter than nonce and tag",
+                                           [sid.hex()], key))
+    pack_keys = {pid: k for k in backend.list("packs/") if (pid := _key_id(k)) is not None and k == pack_key(pid)}
+    for k in set(backend.list("packs/")) - set(pack_keys.values()):
+        report.problems.append(Problem("pack", f"{k} is not named by a pack hash", object=k))
+
+    def one(item: tuple[bytes, str]) -> tuple[int, list[Problem]]:
+        pid, key = item
+        try:
+            size = backend.size(key)
+            if size < FOOTER_SIZE:
+                raise IntegrityError(f"{size} bytes, smaller than a footer")
+            _n, version, _salt, _tl = read_footer(backend.get_range(key, size - FOOTER_SIZE, size), size)
+            if (version == VERSION_SEALED) != bool(cfg.encryption):
+                raise IntegrityError(f"pack format version {version} does not match the repository's mode")
+            if deep and blake3.blake3(backend.get(key)).digest() != pid:
+                raise IntegrityError("does not hash to its name")
+        except CasstoreError as e:
+            return 0, [Problem("pack", f"pack {pid.hex()}: {e}", object=key)]
+        return (size if deep else FOOTER_SIZE), []
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for nbytes, problems in pool.map(one, pack_keys.items()):
+            report.packs_checked += 1
+            report.bytes_read += nbytes
+            report.problems.extend(problems)
+    report.seconds = time.time() - started
+    return report
