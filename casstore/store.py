@@ -200,10 +200,37 @@ class Store:
             chunk = bytes.fromhex(chunk_hash)
         except ValueError:
             raise ConfigurationError(f"{chunk_hash!r} is not a chunk hash (hex)") from None
-        proof = tree.prove(fields["root"], fields["height"], self._repo.fetch_nodes, chunk)
+        proof = tree.prove(fields["root"], fields["height"], self._repo.fetch_nodes, chunk, self._repo.hasher)
         if proof is None:
             raise ChunkNotFoundError(f"chunk {chunk_hash} is not part of snapshot {sid.hex()}")
         return proof
+
+    # encryption (see crypto.py) -------------------------------------------
+    @property
+    def encrypted(self) -> bool:
+        return self._repo.keys.encrypted
+
+    @property
+    def proof_key(self) -> bytes | None:
+        """The id key that verify_proof(proof, root, key=...) needs for an encrypted repository (None if plain).
+        Whoever holds it can test whether a known text is stored, but cannot decrypt anything."""
+        return self._repo.hasher.key
+
+    def add_password(self, password: str | bytes) -> str:
+        """Let another password open this encrypted repository; returns the new key's id."""
+        return self._repo.add_password(_password_bytes(password))
+
+    def change_password(self, password: str | bytes) -> str:
+        """Replace the password this store was opened with (no data is rewritten); returns the new key's id."""
+        return self._repo.change_password(_password_bytes(password))
+
+    def keys(self) -> list[dict]:
+        """The repository's key objects (id, created, kdf, current)."""
+        return self._repo.list_keys()
+
+    def remove_key(self, key_id: str) -> None:
+        """Delete a key object by id or unique prefix; never the one in use nor the last."""
+        self._repo.remove_key(key_id)
 
     @observed("forget")
     def forget(self, *, keep_last: int | None = None, keep_within: str | float | _dt.timedelta | None = None,
@@ -259,25 +286,50 @@ class Store:
 
 
 def open(url: str | None = None, *, storage_options: dict | None = None, index_path: str | None = None,
-         compression_level: int = 3, create: bool = True, gc_grace: float | None = None) -> Store:
+         compression_level: int = 3, create: bool = True, gc_grace: float | None = None,
+         password: str | bytes | None = None, key_file: str | None = None, encrypt: bool = False,
+         key_from: Store | None = None) -> Store:
     """Open (or create) the repository at url: None means $CASSTORE_REPO, else ./.casstore.
 
     gc_grace (seconds a condemned pack waits before gc deletes it; default one
     hour) is recorded in the repository when this call creates it.
+
+    Encryption (crypto.py): the password comes from password, else key_file
+    (a file holding it), else $CASSTORE_PASSWORD. An encrypted repository
+    needs it; a wrong one raises AuthenticationError (a ConfigurationError).
+    encrypt=True makes a repository this call creates encrypted; key_from
+    (an open encrypted Store) makes it share that store's master key, so
+    `copy` between the two works. An explicit password for an unencrypted
+    repository is refused rather than silently ignored.
     """
+    from . import crypto
+    secret = crypto.read_password(password, key_file)
+    if key_from is not None and key_from._repo.keys.master is None:
+        raise ConfigurationError("key_from must be an open encrypted store")
     if not 1 <= compression_level <= 22:
         raise ConfigurationError(f"compression_level must be 1..22, got {compression_level}")
     if gc_grace is not None and gc_grace < 0:
         raise ConfigurationError(f"gc_grace must be >= 0 seconds, got {gc_grace}")
     resolved, _ = resolve_url(url)
     backend = Backend(resolved, storage_options)
-    new_config = RepoConfig() if gc_grace is None else RepoConfig(gc_grace=float(gc_grace))
+    new_config = RepoConfig(encryption=crypto.CIPHER if encrypt or key_from is not None else None,
+                            **({} if gc_grace is None else {"gc_grace": float(gc_grace)}))
     try:
-        return Store(Repository(backend, index_path=index_path, compression_level=compression_level, create=create,
-                                new_config=new_config))
+        repo = Repository(backend, index_path=index_path, compression_level=compression_level, create=create,
+                          new_config=new_config, password=secret,
+                          master_key=key_from._repo.keys.master if key_from is not None else None)
     except BaseException:
         backend.close()
         raise
+    if (password is not None or key_file is not None or encrypt) and not repo.keys.encrypted:
+        repo.close()
+        raise ConfigurationError(f"repository {repo.backend.url} is not encrypted; "
+                                 f"{'it existed before this call' if encrypt else 'it takes no password'}")
+    return Store(repo)
+
+
+def _password_bytes(password: str | bytes) -> bytes:
+    return password.encode() if isinstance(password, str) else bytes(password)
 
 
 def _log_op(op: str, info: SnapshotInfo, started: float) -> None:
