@@ -8,6 +8,12 @@ by (offset, length) in a blob region laid after the structure, so they are
 chunked on their own and deduplicate wherever they sit in the state. Arrays
 are exposed to the chunker as memoryviews of their own buffer (no copy).
 
+Long lists (a conversation, tool results) become streams of their own too:
+their items, packed back to back without msgpack's array header, with the
+count kept in the reference. A msgpack array starts with its item count, so
+inline, every appended message would rewrite the chunk holding that header;
+as a stream, an append only touches the stream's last chunk.
+
 decode() is one msgpack unpack with an ext hook; blobs are read back as
 zero-copy views of the restored buffer. Nothing in storage can make decode
 run code: classes are looked up among registered codecs and already-imported
@@ -32,6 +38,7 @@ import numpy as np
 from .errors import SerializationError
 
 BIG_LEAF = 64 * 1024  # leaves at least this large become their own blobs
+LIST_STREAM = 8 * 1024  # lists whose items encode to at least this many bytes get their own stream
 
 EXT_TUPLE = 1
 EXT_SET = 2
@@ -50,6 +57,7 @@ EXT_BYTEARRAY = 14
 EXT_MEMORYVIEW = 15
 EXT_OBJECT = 16
 EXT_PICKLE = 17
+EXT_LIST = 18
 
 BLOB_BYTES, BLOB_STR, BLOB_BYTEARRAY, BLOB_MEMORYVIEW, BLOB_ARRAY = range(5)
 
@@ -64,6 +72,7 @@ class Blob:
     data: memoryview
     row_bytes: int = 0
     itemsize: int = 0  # for the byte-shuffle filter; 0 = not numeric
+    small_chunks: bool = False  # structure-like data (a long list): cut into small chunks
 
 
 @dataclass(frozen=True)
@@ -183,9 +192,11 @@ class _Encoder:
             return self.container(obj, path, lambda: {
                 self.walk(k, f"{path}[{k!r}] (key)"): self.walk(v, f"{path}[{k!r}]") for k, v in obj.items()})
         if t is list:
-            if self.plain(obj):
-                return obj
-            return self.container(obj, path, lambda: [self.walk(v, f"{path}[{i}]") for i, v in enumerate(obj)])
+            items = obj if self.plain(obj) else self.container(
+                obj, path, lambda: [self.walk(v, f"{path}[{i}]") for i, v in enumerate(obj)])
+            if len(items) < 16:
+                return items
+            return self.list_stream(obj, items)
         if t is tuple:
             return self.container(obj, path, lambda: self.ext(EXT_TUPLE, [
                 self.walk(v, f"{path}[{i}]") for i, v in enumerate(obj)]))
@@ -254,6 +265,18 @@ class _Encoder:
         self.seen_blobs[id(obj)] = (obj, ref)
         return ref
 
+    def list_stream(self, obj: list, items: list) -> Any:
+        """A long list as its own stream of packed items; short ones stay inline."""
+        packed = msgpack.packb(items, use_bin_type=True)
+        header = 3 if len(items) < 1 << 16 else 5  # array16 / array32 header bytes
+        if len(packed) < LIST_STREAM:
+            return items
+        view = memoryview(packed)[header:]
+        ref = self.ext(EXT_LIST, [self.region, view.nbytes, len(items)])
+        self.blobs.append(Blob(view, small_chunks=True))
+        self.region += view.nbytes
+        return ref
+
     def array(self, arr: np.ndarray, path: str) -> msgpack.ExtType:
         if arr.dtype.kind not in _ARRAY_KINDS or arr.dtype.fields is not None:
             raise SerializationError(f"{path}: numpy array of dtype {arr.dtype} is not supported (object/structured)")
@@ -305,6 +328,8 @@ def _decode_ext(code: int, data: bytes, region: memoryview, hook: Callable, allo
         return frozenset(inner())
     if code == EXT_BLOB:
         return _decode_blob(inner(), region)
+    if code == EXT_LIST:
+        return _decode_list(inner(), region, hook)
     if code == EXT_ARRAY:
         dtype, shape, raw = inner()
         return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
@@ -356,6 +381,15 @@ def _decode_blob(ref: list, region: memoryview) -> Any:
     if kind == BLOB_MEMORYVIEW:
         return memoryview(bytes(view))
     raise SerializationError(f"unknown blob kind {kind}")
+
+
+def _decode_list(ref: list, region: memoryview, hook: Callable) -> list:
+    offset, nbytes, count = ref
+    if offset < 0 or nbytes < 0 or offset + nbytes > len(region) or not 0 <= count <= nbytes:
+        raise SerializationError(f"list reference [{offset}, +{nbytes}) x{count} does not fit the "
+                                 f"{len(region)}-byte blob region")
+    data = b"\xdd" + count.to_bytes(4, "big") + region[offset:offset + nbytes]
+    return msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False, use_list=True)
 
 
 def _codec_named(name: str) -> _Codec:

@@ -29,7 +29,7 @@ import blake3
 
 from .errors import IntegrityError
 
-FANOUT_BITS = 4
+FANOUT_BITS = 3
 MAX_FANOUT = 64
 MAX_HEIGHT = 16
 _HEAD = struct.Struct("<cBH")

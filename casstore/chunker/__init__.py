@@ -40,7 +40,7 @@ class CDCParams:
             raise ConfigurationError(f"invalid chunker parameters {d!r}") from e
 
 
-STRUCTURE_CDC = CDCParams(1024, 4096, 16384)
+STRUCTURE_CDC = CDCParams(512, 2048, 8192)
 BLOB_CDC = CDCParams(4096, 16384, 65536)
 ARRAY_BLOCK = 16384          # target bytes per row block for arrays below ARRAY_BIG
 ARRAY_BIG = 256 << 20        # bigger arrays use ARRAY_BLOCK_BIG to keep chunk counts sane
