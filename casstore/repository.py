@@ -123,9 +123,12 @@ class Repository:
         self._lock = threading.RLock()
         self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
         self._marks_seen = 0.0  # monotonic time of the last look at gc's condemned marks
-        if self.index.get_meta("repo_id") not in (None, self.config.repo_id.encode()):
+        owner = self.index.get_meta("repo_id")
+        if owner not in (None, self.config.repo_id.encode()):
             raise ConfigurationError(f"index at {self.index_path} belongs to another repository; delete it or pass index_path")
         self.index.set_meta("repo_id", self.config.repo_id.encode())
+        if owner is None and self.config.encryption:
+            self.sync()   # a fresh cache index of an encrypted repository (its index never lives beside it)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
