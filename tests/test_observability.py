@@ -142,6 +142,18 @@ def test_metrics_after_two_snapshots(store, registry, caplog):
     assert value(registry, "casstore_snapshots_total") == 2
 
 
+def test_dedup_bytes_are_exact(store, registry, caplog):
+    caplog.set_level(logging.INFO, logger="casstore")
+    a, b = os.urandom(1 << 20), os.urandom(1 << 20)
+    store.snapshot({"a": a}, "d", "s")
+    second = store.snapshot({"a": a, "b": b}, "d", "s")
+    first_rec, second_rec = (r.casstore for r in records(caplog, "snapshot"))
+    assert first_rec["dedup_bytes"] == 0
+    assert second_rec["dedup_bytes"] == len(a)  # the unchanged blob, to the byte
+    assert second_rec["dedup_ratio"] == round(len(a) / second.raw_size, 4)
+    assert value(registry, "casstore_bytes_deduplicated_total") == len(a)
+
+
 def test_failed_upload_logs_an_error_and_counts_it(store, registry, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="casstore")
 
