@@ -3,9 +3,12 @@
 Databases in one LMDB environment:
 
 * ``chunks``:  chunk or node hash (32) -> locations (an LMDB dupsort key: a
-  chunk can sit in several packs, e.g. after a repack), each packed like a
-  pack trailer entry with the pack id in place of the chunk hash (48 bytes).
-* ``packs``:   pack id (32) -> size (u64), entry count (u32).
+  chunk can sit in several packs, e.g. after a repack), each 20 bytes: pack
+  number (u32), kind, method, itemsize, offset, stored and raw length, as in
+  the pack trailer. A number instead of the 32-byte pack id keeps the index,
+  which has an entry per chunk, less than half the size.
+* ``packs``:   pack id (32) -> size (u64), entry count (u32), number (u32).
+* ``packnums``: pack number (u32 BE) -> pack id.
 * ``snaps``:   snapshot id (32) -> the manifest's fields (msgpack).
 * ``lineage``: agent \\0 session \\0 position (u64 BE) snapshot id -> b"", so a
   prefix scan lists a lineage in order.
@@ -32,11 +35,14 @@ import lmdb
 import msgpack
 
 from ..errors import ConfigurationError, StorageError
-from ..pack import ENTRY, PackEntry
+from ..pack import PackEntry
 from .. import observability as _obs
 
 MAP_SIZE = 1 << 38
-_PACK = struct.Struct("<QI")
+_PACK = struct.Struct("<QII")
+_LOC = struct.Struct("<IBBHIII")
+_NUM = struct.Struct(">I")     # packnums key: big-endian, so numbers sort in order
+_NUM_LE = struct.Struct("<I")  # as the first field of a chunk location
 _POS = struct.Struct(">Q")
 _TIME = struct.Struct("<d")
 
@@ -106,6 +112,8 @@ class Index:
         self.env = _open_env(path)
         self._chunks = self.env.open_db(b"chunks", dupsort=True)
         self._packs = self.env.open_db(b"packs")
+        self._packnums = self.env.open_db(b"packnums")
+        self._pack_ids: dict[bytes, bytes] = {}  # packed number -> pack id (numbers never change meaning)
         self._snaps = self.env.open_db(b"snaps")
         self._lineage = self.env.open_db(b"lineage")
         self._meta = self.env.open_db(b"meta")
@@ -121,13 +129,13 @@ class Index:
     def missing(self, hashes: Iterable[bytes]) -> set[bytes]:
         """Hashes with no copy outside condemned packs: a writer must store them."""
         with self.env.begin() as txn:
-            condemned = self._condemned_ids(txn)
+            condemned = self._condemned_nums(txn)
             if not condemned:
                 return {h for h in hashes if txn.get(h, db=self._chunks) is None}
             cur = txn.cursor(db=self._chunks)
             out = set()
             for h in hashes:
-                if not cur.set_key(h) or all(v[:32] in condemned for v in cur.iternext_dup()):
+                if not cur.set_key(h) or all(v[:4] in condemned for v in cur.iternext_dup()):
                     out.add(h)
             return out
 
@@ -135,41 +143,63 @@ class Index:
         """One location per known hash, preferring packs that are not condemned."""
         out = {}
         with self.env.begin() as txn:
-            condemned = self._condemned_ids(txn)
+            condemned = self._condemned_nums(txn)
             cur = txn.cursor(db=self._chunks)
             for h in hashes:
                 if not cur.set_key(h):
                     continue
                 best = None
                 for v in cur.iternext_dup():
-                    if best is None or (best[:32] in condemned and v[:32] not in condemned):
+                    if best is None or (best[:4] in condemned and v[:4] not in condemned):
                         best = bytes(v)
-                out[h] = Location(*ENTRY.unpack(best))
+                out[h] = self._location(txn, best)
         return out
 
     def iter_chunks(self) -> Iterator[tuple[bytes, Location]]:
         """Every (hash, location) pair, a chunk once per pack that holds it."""
         with self.env.begin(db=self._chunks) as txn:
             for k, v in txn.cursor():
-                yield bytes(k), Location(*ENTRY.unpack(v))
+                yield bytes(k), self._location(txn, v)
 
     def chunk_count(self) -> int:
         with self.env.begin() as txn:
             return txn.stat(self._chunks)["entries"]
 
+    def _location(self, txn: lmdb.Transaction, value: bytes) -> Location:
+        _num, kind, method, itemsize, offset, stored, raw = _LOC.unpack(value)
+        return Location(self._pack_id(txn, value[:4]), kind, method, itemsize, offset, stored, raw)
+
+    def _pack_id(self, txn: lmdb.Transaction, num: bytes) -> bytes:
+        pack_id = self._pack_ids.get(bytes(num))
+        if pack_id is None:
+            raw = txn.get(_NUM.pack(_NUM_LE.unpack(num)[0]), db=self._packnums)
+            if raw is None:
+                raise StorageError(f"index at {self.path} names an unknown pack number; run `casstore index rebuild`")
+            pack_id = self._pack_ids[bytes(num)] = bytes(raw)
+        return pack_id
+
     # packs --------------------------------------------------------------
     def packs(self) -> dict[bytes, tuple[int, int]]:
+        """Pack id -> (size, entry count)."""
         with self.env.begin(db=self._packs) as txn:
-            return {bytes(k): _PACK.unpack(v) for k, v in txn.cursor()}
+            return {bytes(k): _PACK.unpack(v)[:2] for k, v in txn.cursor()}
 
     def has_pack(self, pack_id: bytes) -> bool:
         with self.env.begin(db=self._packs) as txn:
             return txn.get(pack_id) is not None
 
     def _put_pack(self, txn: lmdb.Transaction, pack_id: bytes, size: int, entries: list[PackEntry]) -> None:
-        txn.put(pack_id, _PACK.pack(size, len(entries)), db=self._packs)
+        known = txn.get(pack_id, db=self._packs)
+        if known is not None:
+            num = _PACK.unpack(known)[2]
+        else:
+            raw = txn.get(b"next_pack", db=self._meta)
+            num = _NUM.unpack(raw)[0] if raw else 1
+            txn.put(b"next_pack", _NUM.pack(num + 1), db=self._meta)
+            txn.put(pack_id, _PACK.pack(size, len(entries), num), db=self._packs)
+            txn.put(_NUM.pack(num), pack_id, db=self._packnums)
         for e in entries:
-            txn.put(e.hash, ENTRY.pack(pack_id, e.kind, e.method, e.itemsize, e.offset, e.stored_len, e.raw_len),
+            txn.put(e.hash, _LOC.pack(num, e.kind, e.method, e.itemsize, e.offset, e.stored_len, e.raw_len),
                     db=self._chunks)
 
     def add_packs(self, packs: list[tuple[bytes, int, list[PackEntry]]]) -> None:
@@ -182,11 +212,16 @@ class Index:
         with self.env.begin(write=True) as txn:
             cur = txn.cursor(db=self._chunks)
             for pack_id, hashes in packs.items():
-                for h in hashes:
-                    if cur.set_key(h):
-                        for v in list(cur.iternext_dup()):
-                            if v[:32] == pack_id:
-                                txn.delete(h, v, db=self._chunks)
+                known = txn.get(pack_id, db=self._packs)
+                if known is not None:
+                    num = _PACK.unpack(known)[2]
+                    prefix = _NUM_LE.pack(num)
+                    for h in hashes:
+                        if cur.set_key(h):
+                            for v in list(cur.iternext_dup()):
+                                if v[:4] == prefix:
+                                    txn.delete(h, v, db=self._chunks)
+                    txn.delete(_NUM.pack(num), db=self._packnums)
                 txn.delete(pack_id, db=self._packs)
                 txn.delete(pack_id, db=self._condemned)
 
@@ -195,12 +230,18 @@ class Index:
         out: dict[bytes, list[bytes]] = {}
         with self.env.begin(db=self._chunks) as txn:
             for k, v in txn.cursor():
-                out.setdefault(bytes(v[:32]), []).append(bytes(k))
+                out.setdefault(self._pack_id(txn, v[:4]), []).append(bytes(k))
         return out
 
     # gc marks -----------------------------------------------------------
-    def _condemned_ids(self, txn: lmdb.Transaction) -> set[bytes]:
-        return {bytes(k) for k in txn.cursor(db=self._condemned).iternext(keys=True, values=False)}
+    def _condemned_nums(self, txn: lmdb.Transaction) -> set[bytes]:
+        """Packed numbers (as stored in chunk locations) of the condemned packs."""
+        out = set()
+        for pack_id in txn.cursor(db=self._condemned).iternext(keys=True, values=False):
+            known = txn.get(pack_id, db=self._packs)
+            if known is not None:
+                out.add(_NUM_LE.pack(_PACK.unpack(known)[2]))
+        return out
 
     def condemned(self) -> dict[bytes, float]:
         with self.env.begin(db=self._condemned) as txn:
@@ -308,9 +349,10 @@ class Index:
 
     def clear(self) -> None:
         with self.env.begin(write=True) as txn:
-            for db in (self._chunks, self._packs, self._snaps, self._lineage, self._meta, self._condemned,
-                       self._forgotten):
+            for db in (self._chunks, self._packs, self._packnums, self._snaps, self._lineage, self._meta,
+                       self._condemned, self._forgotten):
                 txn.drop(db, delete=False)
+        self._pack_ids.clear()
 
 
 def _lineage_key(fields: dict, snap_id: bytes) -> bytes:
