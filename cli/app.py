@@ -20,6 +20,7 @@ from casstore.config import resolve_url
 
 ENV_INDEX_PATH = "CASSTORE_INDEX_PATH"
 ENV_COMPRESSION = "CASSTORE_COMPRESSION_LEVEL"
+ENV_PASSWORD_FILE = "CASSTORE_PASSWORD_FILE"
 
 
 class CliError(click.ClickException):
@@ -45,6 +46,8 @@ class App:
     json: bool = False
     index_flag: str | None = None
     compression_flag: int | None = None
+    password_file: str | None = None
+    _password: bytes | None = None       # prompted once, reused for every repository this command opens
     _store: casstore.Store | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
@@ -72,13 +75,44 @@ class App:
         return 3, "default"
 
     # the store ---------------------------------------------------------------
-    def open(self, url: str | None = None, *, create: bool = False) -> casstore.Store:
-        """Open a repository (the --repo one unless url is given); closed when the command ends."""
+    def open(self, url: str | None = None, *, create: bool = False, encrypt: bool = False) -> casstore.Store:
+        """Open a repository (the --repo one unless url is given); closed when the command ends.
+
+        Encrypted repositories: the password comes from --password-file, $CASSTORE_PASSWORD_FILE,
+        $CASSTORE_PASSWORD, else a prompt on a terminal (with confirmation for a new repository).
+        """
         index_path = self.index_path()[0] if url is None else None
-        store = casstore.open(url or self.repo_url()[0], create=create, index_path=index_path,
-                              compression_level=self.compression_level()[0])
+        target = url or self.repo_url()[0]
+        if encrypt and not self.has_password():
+            self._password = self.prompt_password("password for the new repository", confirm=True)
+
+        def attempt() -> casstore.Store:
+            return casstore.open(target, create=create, index_path=index_path, encrypt=encrypt,
+                                 compression_level=self.compression_level()[0], password=self._password,
+                                 key_file=self.key_file())
+        try:
+            store = attempt()
+        except casstore.AuthenticationError:
+            if self.has_password() or not sys.stdin.isatty():
+                raise
+            self._password = self.prompt_password(f"password for {target}")
+            store = attempt()
         self._closers.append(store.close)
         return store
+
+    def key_file(self) -> str | None:
+        return self.password_file or os.environ.get(ENV_PASSWORD_FILE) or None
+
+    def has_password(self) -> bool:
+        return bool(self._password or self.key_file() or os.environ.get("CASSTORE_PASSWORD"))
+
+    def prompt_password(self, what: str, confirm: bool = False) -> bytes:
+        if not sys.stdin.isatty():
+            raise fail(f"{what}: no password given (use --password-file, $CASSTORE_PASSWORD_FILE or $CASSTORE_PASSWORD)")
+        value = click.prompt(what.capitalize(), hide_input=True, confirmation_prompt=confirm, err=True)
+        if not value:
+            raise fail("empty password")
+        return value.encode()
 
     def store(self) -> casstore.Store:
         if self._store is None:
@@ -128,6 +162,21 @@ class Progress:
 def _set_repo(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value:
         ctx.ensure_object(App).repo_flag = value
+
+
+def _set_password_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.ensure_object(App).password_file = value
+
+
+def with_password_option(cmd: click.Command) -> click.Command:
+    """`--password-file PATH` on a command: the password of an encrypted repository, read from a file."""
+    if not any(p.name == "password_file" for p in cmd.params):
+        cmd.params.append(click.Option(["--password-file"], "password_file", metavar="PATH", expose_value=False,
+                                       is_eager=True, callback=_set_password_file,
+                                       help=f"File holding the password of an encrypted repository "
+                                            f"(env {ENV_PASSWORD_FILE}, or CASSTORE_PASSWORD)."))
+    return cmd
 
 
 def with_repo_option(cmd: click.Command) -> click.Command:

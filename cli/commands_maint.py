@@ -64,8 +64,18 @@ def _print_report(report: Any, skip: tuple[str, ...] = ()) -> None:
 @pass_app
 def verify(app: App, snapshot_id: str | None, read_data: bool, as_json: bool) -> None:
     """Check the integrity of one snapshot or of the whole repository; exit 1 on a problem."""
-    store = app.store()
-    report = _method(store, "verify", "verify")(id=snapshot_id, deep=read_data)
+    try:
+        store = app.store()
+    except casstore.AuthenticationError:
+        if app.has_password() or snapshot_id is not None:
+            raise
+        # encrypted and no password: check what needs no key (structure, footers, pack hashes)
+        click.echo("note: encrypted repository and no password: checking structure and pack hashes only", err=True)
+        store = None
+    if store is None:
+        report = casstore.verify_without_key(app.repo_url()[0], deep=read_data)
+    else:
+        report = _method(store, "verify", "verify")(id=snapshot_id, deep=read_data)
     ok = bool(getattr(report, "ok", False))
     problems = list(getattr(report, "problems", []) or [])
     errors = [p for p in problems if getattr(p, "severity", "error") == "error"]

@@ -42,9 +42,11 @@ def register(cli: click.Group) -> None:
 
 @click.command()
 @click.argument("url", required=False)
+@click.option("--encrypt", is_flag=True,
+              help="Encrypt everything stored (password from --password-file, $CASSTORE_PASSWORD or a prompt).")
 @json_option
 @pass_app
-def init(app: App, url: str | None, as_json: bool) -> None:
+def init(app: App, url: str | None, encrypt: bool, as_json: bool) -> None:
     """Create a repository at URL (default: --repo, $CASSTORE_REPO, else ./.casstore)."""
     if url:
         app.repo_flag = url
@@ -55,12 +57,12 @@ def init(app: App, url: str | None, as_json: bool) -> None:
             raise fail(f"{probe.url} is already a casstore repository")
     finally:
         probe.close()
-    store = app.open(create=True)
+    store = app.open(create=True, encrypt=encrypt)
     repo_id = store._repo.config.repo_id
     if as_json or app.json:
-        echo_json({"url": store.url, "id": repo_id, "source": source})
+        echo_json({"url": store.url, "id": repo_id, "source": source, "encrypted": store.encrypted})
     else:
-        app.info(f"created casstore repository {repo_id[:12]} at {store.url}")
+        app.info(f"created {'encrypted ' if store.encrypted else ''}casstore repository {repo_id[:12]} at {store.url}")
 
 
 # snapshot ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ import click
 import casstore
 from casstore_cli.app import ENV_COMPRESSION, ENV_INDEX_PATH, App, CasstoreGroup
 from casstore import observability
-from casstore_cli import commands_maint, commands_obs, commands_snap
+from casstore_cli import commands_key, commands_maint, commands_obs, commands_snap
 
 
 @click.group(cls=CasstoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,6 +39,7 @@ def cli(ctx: click.Context, repo: str | None, index_path: str | None, compressio
 commands_snap.register(cli)
 commands_maint.register(cli)
 commands_obs.register(cli)
+commands_key.register(cli)   # last: it adds --password-file to every command
 
 if __name__ == "__main__":
     cli(prog_name="casstore")
