@@ -246,3 +246,35 @@ def test_unencrypted_repository_unchanged(tmp_path):
         assert pack[-8:] == b"CASPACK1" and int.from_bytes(pack[-28:-24], "little") == 1
         assert casstore.verify_proof(s.prove(info.id, chunk), info.root)
     assert not (tmp_path / "plain" / "keys").exists()
+
+
+def test_cli_encrypted_repository(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CASSTORE_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("CASSTORE_PASSWORD", None)
+    repo = str(tmp_path / "repo")
+    (tmp_path / "pw1").write_text("first\n")
+    (tmp_path / "pw2").write_text("second\n")
+
+    def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "casstore_cli.main", *args], input=stdin, env=env,
+                              capture_output=True, timeout=60)
+
+    assert run("init", repo, "--encrypt", "--password-file", str(tmp_path / "pw1")).returncode == 0
+    snap = run("snapshot", "--repo", repo, "--password-file", str(tmp_path / "pw1"), "-", stdin=f'{{"k": "{SECRET}"}}'.encode())
+    assert snap.returncode == 0, snap.stderr
+    locked = run("ls", "--repo", repo)
+    assert locked.returncode == 1 and b"encrypted" in locked.stderr
+    wrong = run("ls", "--repo", repo, "--password-file", str(tmp_path / "pw2"))
+    assert wrong.returncode == 1 and b"wrong password" in wrong.stderr
+    keyless = run("verify", "--repo", repo, "--read-data")
+    assert keyless.returncode == 0 and b"structure and pack hashes only" in keyless.stderr
+    assert run("key", "passwd", "--repo", repo, "--password-file", str(tmp_path / "pw1"),
+               "--new-password-file", str(tmp_path / "pw2")).returncode == 0
+    assert run("ls", "--repo", repo, "--password-file", str(tmp_path / "pw1")).returncode == 1
+    full = run("verify", "--repo", repo, "--read-data", "--password-file", str(tmp_path / "pw2"))
+    assert full.returncode == 0, full.stderr
+    for p in raw_files(Path(repo)):
+        assert SECRET.encode() not in p.read_bytes()
