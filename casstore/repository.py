@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from . import crypto, manifest, tree
 from .backend import Backend
@@ -53,6 +53,7 @@ NODE_CACHE = 16384          # tree nodes kept in memory (~10 MB at most)
 # (botocore keeps 10 connections unless max_pool_connections is raised).
 REMOTE_READ_WORKERS = 16
 LOCAL_BATCH = 4 << 20       # stored bytes per pool task when reading a local repository
+WORK_BATCH = 1 << 20        # raw bytes per pool task when compressing
 
 
 def pack_key(pack_id: bytes) -> str:
@@ -355,7 +356,7 @@ class Repository:
                 stored = self.sealer.seal(stored, h)
             return h, kind, method, itemsize, stored, len(view)
 
-        results = list(self.pool.map(compress, todo)) if len(todo) > 4 else [compress(j) for j in todo]
+        results = self._map_batched(compress, todo, lambda job: len(job[1]))
         packs, writer = [], PackWriter(self.sealer)
         for h, kind, method, itemsize, stored, raw_len in results:
             writer.add(h, kind, method, itemsize, stored, raw_len)
@@ -365,6 +366,26 @@ class Repository:
         if len(writer):
             packs.append(writer.finalize())
         return packs
+
+    def _map_batched(self, fn: Callable, items: list, weight: Callable[[Any], int]) -> list:
+        """fn over items on the pool, in tasks of about WORK_BATCH bytes, results in order.
+
+        zstd and BLAKE3 release the GIL, so the pool spreads them over the cores;
+        but a pool task costs tens of microseconds, more than compressing one
+        small chunk, so items are handed over in batches.
+        """
+        batches: list[list] = [[]]
+        load = 0
+        for item in items:
+            batches[-1].append(item)
+            load += weight(item)
+            if load >= WORK_BATCH:
+                batches.append([])
+                load = 0
+        batches = [b for b in batches if b]
+        if len(batches) <= 1:
+            return [fn(item) for item in items]
+        return [r for done in self.pool.map(lambda batch: [fn(item) for item in batch], batches) for r in done]
 
     # read path ----------------------------------------------------------
     def fetch_nodes(self, hashes: list[bytes]) -> dict[bytes, bytes]:
