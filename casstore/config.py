@@ -14,7 +14,7 @@ from .errors import ConfigurationError
 FORMAT_VERSION = 1
 DEFAULT_REPO = ".casstore"
 ENV_REPO = "CASSTORE_REPO"
-ENCRYPTION = "chacha20-poly1305"   # the one cipher of encrypted repositories (crypto.py); None: unencrypted
+ENCRYPTIONS = ("aes-256-gcm", "chacha20-poly1305")   # AEADs of encrypted repositories (crypto.py); None: unencrypted
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class RepoConfig:
     compression: str = "zstd"
     structure_cdc: CDCParams = STRUCTURE_CDC
     blob_cdc: CDCParams = BLOB_CDC
-    encryption: str | None = None   # ENCRYPTION or None; recorded at init, never changed
+    encryption: str | None = None   # one of ENCRYPTIONS or None; recorded at init, never changed
     gc_grace: float = 3600.0   # seconds between gc condemning a pack and deleting it (see gc.py)
 
     def encode(self) -> bytes:
@@ -51,7 +51,7 @@ class RepoConfig:
             raise ConfigurationError(f"{where}: repository format {cfg.format} is not supported (this casstore reads {FORMAT_VERSION})")
         if cfg.hash != "blake3" or cfg.compression != "zstd":
             raise ConfigurationError(f"{where}: unsupported hash {cfg.hash!r} or compression {cfg.compression!r}")
-        if cfg.encryption not in (None, ENCRYPTION):
+        if cfg.encryption is not None and cfg.encryption not in ENCRYPTIONS:
             raise ConfigurationError(f"{where}: repository is encrypted with {cfg.encryption!r}, which this version cannot open")
         return cfg
 

@@ -159,7 +159,7 @@ class Repository:
                 self.backend.delete(key_object_key(key_id))
             return self._load_config(self.backend.get(CONFIG_KEY), password)
         self._config_bytes = data
-        self.keys = crypto.Keys.from_master(master, key_id) if cfg.encryption else crypto.Keys.plain()
+        self.keys = crypto.Keys.from_master(master, cfg.encryption, key_id) if cfg.encryption else crypto.Keys.plain()
         return cfg
 
     def _load_config(self, data: bytes, password: bytes | None) -> RepoConfig:
@@ -171,7 +171,7 @@ class Repository:
         if not password:
             raise AuthenticationError(f"repository {self.backend.url} is encrypted: give a password "
                                       f"(password=, key_file= or ${crypto.ENV_PASSWORD})")
-        self.keys = crypto.unlock(self._key_objects(), password, cfg.repo_id, data, self.backend.url)
+        self.keys = crypto.unlock(self._key_objects(), password, cfg.repo_id, data, self.backend.url, cfg.encryption)
         return cfg
 
     def _key_objects(self) -> dict[str, bytes]:

@@ -287,7 +287,7 @@ class Store:
 
 def open(url: str | None = None, *, storage_options: dict | None = None, index_path: str | None = None,
          compression_level: int = 3, create: bool = True, gc_grace: float | None = None,
-         password: str | bytes | None = None, key_file: str | None = None, encrypt: bool = False,
+         password: str | bytes | None = None, key_file: str | None = None, encrypt: bool | str = False,
          key_from: Store | None = None) -> Store:
     """Open (or create) the repository at url: None means $CASSTORE_REPO, else ./.casstore.
 
@@ -297,7 +297,9 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
     Encryption (crypto.py): the password comes from password, else key_file
     (a file holding it), else $CASSTORE_PASSWORD. An encrypted repository
     needs it; a wrong one raises AuthenticationError (a ConfigurationError).
-    encrypt=True makes a repository this call creates encrypted; key_from
+    encrypt=True makes a repository this call creates encrypted (with AES-256-GCM
+    where the CPU has AES instructions, else ChaCha20-Poly1305; or name one:
+    encrypt="chacha20-poly1305"); key_from
     (an open encrypted Store) makes it share that store's master key, so
     `copy` between the two works. An explicit password for an unencrypted
     repository is refused rather than silently ignored.
@@ -312,7 +314,10 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
         raise ConfigurationError(f"gc_grace must be >= 0 seconds, got {gc_grace}")
     resolved, _ = resolve_url(url)
     backend = Backend(resolved, storage_options)
-    new_config = RepoConfig(encryption=crypto.CIPHER if encrypt or key_from is not None else None,
+    if isinstance(encrypt, str) and encrypt not in crypto.CIPHERS:
+        raise ConfigurationError(f"unknown cipher {encrypt!r} (known: {', '.join(crypto.CIPHERS)})")
+    cipher = encrypt if isinstance(encrypt, str) else crypto.default_cipher()
+    new_config = RepoConfig(encryption=cipher if encrypt or key_from is not None else None,
                             **({} if gc_grace is None else {"gc_grace": float(gc_grace)}))
     try:
         repo = Repository(backend, index_path=index_path, compression_level=compression_level, create=create,
