@@ -419,18 +419,23 @@ class Repository:
         out = bytearray(end - start)
         view = memoryview(out)
         places: dict[bytes, list[tuple[int, int, int]]] = defaultdict(list)  # hash -> [(dst, src_from, src_to)]
+        sizes: dict[bytes, int] = {}
         pos = 0
         for h, n in entries:
             lo, hi = max(pos, start), min(pos + n, end)
             if lo < hi:
                 places[h].append((lo - start, lo - pos, hi - pos))
+                if sizes.setdefault(h, n) != n:
+                    raise IntegrityError(f"chunk tree lists chunk {h.hex()} with two sizes, {sizes[h]} and {n}")
             pos += n
             if pos >= end:
                 break
-        if pos < end and end > fields["raw"]:
-            raise IntegrityError(f"snapshot holds {pos} bytes, fewer than the {end} requested")
+        if pos < end:
+            raise IntegrityError(f"chunk tree covers {pos} bytes, fewer than the {end} the manifest needs")
 
         def sink(h: bytes, data: memoryview) -> None:
+            if len(data) != sizes[h]:
+                raise IntegrityError(f"chunk {h.hex()} holds {len(data)} bytes; the chunk tree says {sizes[h]}")
             for dst, a, b in places[h]:
                 view[dst:dst + b - a] = data[a:b]
 

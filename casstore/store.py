@@ -13,7 +13,7 @@ from . import gc as gc_mod
 from .backend import Backend
 from .config import resolve_url
 from .copy import CopyReport, copy_snapshots
-from .errors import ChunkNotFoundError, ConfigurationError, SnapshotNotFoundError
+from .errors import ChunkNotFoundError, ConfigurationError, IntegrityError, SnapshotNotFoundError
 from .config import RepoConfig
 from .repository import Repository, Stream
 from .tree import Proof
@@ -140,7 +140,10 @@ class Store:
         snap_id, fields = self._pick(id, agent_id, session_id)
         if fields["kind"] != "state":
             raise ConfigurationError(f"snapshot {snap_id.hex()} is a directory snapshot; use restore_dir")
-        data = self._repo.read(fields)
+        try:
+            data = self._repo.read(fields)
+        except IntegrityError as e:
+            raise IntegrityError(f"snapshot {snap_id.hex()}: {e}") from e
         view = memoryview(data)
         state = codec.decode(view[:fields["struct"]], view[fields["struct"]:], allow_pickle=allow_pickle)
         _log_op("restore", SnapshotInfo.from_fields(snap_id, fields), started)

@@ -148,3 +148,19 @@ def test_sigkill_mid_snapshot_leaves_earlier_snapshots_restorable(repo_dir, dela
             state = store.restore(snap_id)
             assert state["emb"][int(step) % 2000][0] == int(step)
         assert len(store.list()) >= len(committed)
+
+
+def test_chunk_tree_that_lies_about_sizes_is_refused(store):
+    info = store.snapshot({"blob": os.urandom(200_000), "text": "t" * 1000})
+    repo = store._repo
+    fields = repo.fields(bytes.fromhex(info.id))
+    entries = repo.entries(fields)
+    longer = [(entries[0][0], entries[0][1] + 7)] + entries[1:]
+    with pytest.raises(casstore.IntegrityError, match="the chunk tree says"):
+        repo.read(fields, entries=longer)
+    with pytest.raises(casstore.IntegrityError, match="fewer than"):
+        repo.read(fields, entries=entries[:-1])
+    twice = entries + [(entries[0][0], entries[0][1] + 1)]
+    with pytest.raises(casstore.IntegrityError, match="two sizes"):
+        repo.read(fields, 0, fields["raw"] + entries[0][1] + 1, entries=twice)
+    assert deep_equal(store.restore(info.id)["text"], "t" * 1000)
