@@ -6,7 +6,8 @@ rounds for each), so machine noise hits both alike:
 * big: one large state (half text, half float32 arrays) snapshotted into a
   fresh repository and restored: MB/s of the payload;
 * chat: the chat workload (a growing conversation, one snapshot per turn):
-  median snapshot and restore time per step.
+  median snapshot time per step, median restore time (best of three) of
+  ten snapshots spread over the lineage.
 
 Opening the encrypted repository (scrypt) is outside the timings: it is paid
 once per process, not per snapshot. Target: encrypted >= 0.85 x unencrypted.
@@ -55,8 +56,11 @@ def _chat_round(ctx: Context, states: list[dict], encrypted: bool) -> dict[str, 
             ids.append(info.id)
         ok = True
         for i in range(0, len(ids), max(1, len(ids) // 10)):
-            out, sec = timed(store.restore, ids[i])
-            restores.append(sec)
+            best = None
+            for _ in range(3):   # a restore takes milliseconds: the best of three filters scheduler noise
+                out, sec = timed(store.restore, ids[i])
+                best = sec if best is None else min(best, sec)
+            restores.append(best)
             ok = ok and states_equal(states[i], out) is None
     stored = dir_bytes(ctx.scratch / "crypto" / name / "repo")
     return {"snap_med": median(snaps), "restore_med": median(restores), "stored_bytes": stored, "ok": ok,
