@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from . import crypto, manifest, tree
 from .backend import Backend
 from .chunker import Chunker
@@ -412,12 +414,16 @@ class Repository:
         return tree.leaf_entries(fields["root"], fields["height"], self.fetch_nodes, self.hasher)
 
     def read(self, fields: dict, start: int = 0, end: int | None = None,
-             entries: list[tree.Entry] | None = None) -> bytearray:
-        """The snapshot's logical bytes [start, end): structure stream, then blobs."""
+             entries: list[tree.Entry] | None = None) -> memoryview:
+        """The snapshot's logical bytes [start, end): structure stream, then blobs.
+
+        The buffer is a writable numpy allocation, not a zero-filled bytearray:
+        every byte is overwritten by a verified chunk before it is returned, so
+        zeroing hundreds of megabytes first would be wasted work.
+        """
         entries = self.entries(fields) if entries is None else entries
         end = fields["raw"] if end is None else end
-        out = bytearray(end - start)
-        view = memoryview(out)
+        view = memoryview(np.empty(end - start, dtype=np.uint8))
         places: dict[bytes, list[tuple[int, int, int]]] = defaultdict(list)  # hash -> [(dst, src_from, src_to)]
         sizes: dict[bytes, int] = {}
         pos = 0
@@ -440,7 +446,7 @@ class Repository:
                 view[dst:dst + b - a] = data[a:b]
 
         self._load(list(places), sink)
-        return out
+        return view
 
     def _load(self, hashes: list[bytes], sink: Callable[[bytes, memoryview], None]) -> None:
         """Fetch, verify and decompress chunks; a pack gc removed meanwhile triggers one sync and retry."""
