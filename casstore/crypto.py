@@ -67,7 +67,7 @@ KEY_VERSION = 1
 SCRYPT_N = 1 << 15          # 32 MiB and ~0.1 s per unlock: memory-hard against guessing
 SCRYPT_R = 8
 SCRYPT_P = 1
-MAX_SCRYPT_N = 1 << 22
+MAX_SCRYPT_N = 1 << 20          # 1 GiB at r=8: a hostile key object cannot ask for more memory
 ENV_PASSWORD = "CASSTORE_PASSWORD"
 
 _CTX_ID = "casstore 2024-06 chunk id key"

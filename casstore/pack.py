@@ -17,7 +17,7 @@ Layout (all integers little-endian)::
 
 Format version 1 is the plain layout above. Version 2 (encrypted
 repositories, see crypto.py) keeps the layout, but each chunk's stored bytes
-are sealed (nonce + ChaCha20-Poly1305 of the compressed bytes, the chunk id
+are sealed (nonce + AEAD of the compressed bytes, the chunk id
 as associated data; stored_len includes the 28 bytes of nonce and tag) and
 the trailer is sealed as a whole (N x 48 + 28 bytes, associated data
 "casstore trailer " + the footer's salt, which binds it to this pack). The

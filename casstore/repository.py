@@ -12,7 +12,7 @@ place. A chunk that does not match its hash raises IntegrityError.
 
 Encrypted repositories (see crypto.py) change two things, both through
 objects chosen once from the config: `self.hasher` (keyed BLAKE3) makes
-every chunk, node and snapshot id, and `self.sealer` (ChaCha20-Poly1305)
+every chunk, node and snapshot id, and `self.sealer` (AES-256-GCM or ChaCha20-Poly1305)
 seals each chunk after compression, each pack trailer and each manifest,
 and opens them before anything is decompressed or parsed. Unencrypted
 repositories get plain BLAKE3 and an identity sealer: the same bytes as ever.
