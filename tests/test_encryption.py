@@ -288,3 +288,16 @@ def test_cli_encrypted_repository(tmp_path):
     assert full.returncode == 0, full.stderr
     for p in raw_files(Path(repo)):
         assert SECRET.encode() not in p.read_bytes()
+
+
+def test_encrypted_repository_on_s3_two_machines(s3_server, s3_url, tmp_path):
+    opts = s3_server.storage_options
+    with casstore.open(s3_url, storage_options=opts, index_path=str(tmp_path / "a"), password="pw", encrypt=True) as a:
+        info = a.snapshot(state(0), "bot", "s")
+    with casstore.open(s3_url, storage_options=opts, index_path=str(tmp_path / "b"), password="pw") as b:
+        assert [i.id for i in b.list()] == [info.id]        # trailers and manifests opened from the bucket
+        assert equal(b.restore(info.id), state(0))
+        assert b.verify(deep=True).ok
+    assert casstore.verify_without_key(s3_url, storage_options=opts, deep=True).ok
+    with pytest.raises(casstore.AuthenticationError):
+        casstore.open(s3_url, storage_options=opts, index_path=str(tmp_path / "c"), password="nope")
