@@ -5,7 +5,9 @@ Design (a two-phase fossil collection, as duplicacy and kopia do):
 1. A pass lists every manifest and computes the live chunks. A pack holding
    no live chunk is *condemned*: a mark object ``gc/condemned/<pack>`` is
    written with the time. Packs that are mostly garbage are *repacked*: their
-   live chunks are copied into a new pack and the old pack is condemned.
+   live chunks are copied into a new pack and the old pack is condemned. Many
+   small live packs (one per snapshot, as an agent writes) are merged the
+   same way, so a restore reads a few packs instead of one per step.
 2. Writers never take a lock. They look at the marks at least every
    grace/2 and treat chunks whose only copies sit in condemned packs as
    missing, so they store fresh copies instead of deduplicating against a
@@ -34,11 +36,13 @@ from .errors import ObjectNotFoundError
 from .index import Location
 from .liveness import reachable
 from .pack import PackWriter
-from .repository import Repository, condemned_key, pack_key
+from .repository import PACK_TARGET, Repository, condemned_key, pack_key
 
 log = logging.getLogger("casstore")
 
 REPACK_THRESHOLD = 0.5  # repack a pack once more than this share of its bytes is garbage
+SMALL_PACK = 1 << 20    # live packs below this size...
+MERGE_MIN = 32          # ...are merged into bigger ones once there are this many
 
 
 @dataclass
@@ -104,9 +108,13 @@ def collect(repo: Repository, *, dry_run: bool = False, grace: float | None = No
             to_mark.append(pack_id)
         elif used < data_bytes.get(pack_id, 0) * (1 - repack_threshold):
             to_repack.append(pack_id)
+    small = [p for p in sizes if p not in marks and p not in to_repack and live_bytes.get(p)
+             and data_bytes.get(p, 0) < SMALL_PACK]
+    if len(small) >= MERGE_MIN:  # many small live packs (a snapshot per step): merge them for read locality
+        to_repack += small
     stale_marks = [p for p in marks if p not in sizes]
 
-    report.packs_condemned = len(to_mark)
+    report.packs_condemned = len(to_mark) + len(to_repack)  # a repacked pack is condemned too
     report.packs_rescued = len(to_rescue)
     report.packs_deleted = len(to_delete)
     report.packs_repacked = len(to_repack)
@@ -160,22 +168,30 @@ def _repack(repo: Repository, packs: list[bytes], canonical: dict[bytes, Locatio
     """Copy the live chunks of mostly-garbage packs into new packs; return the packs emptied."""
     if not packs:
         return []
+    wanted = set(packs)
     by_pack: dict[bytes, list[tuple[bytes, Location]]] = {}
     for h, loc in canonical.items():
-        if loc.pack in by_pack or loc.pack in packs:
+        if loc.pack in wanted:
             by_pack.setdefault(loc.pack, []).append((h, loc))
     writer = PackWriter(repo.sealer)   # sealed chunks move as they are: their AD is their id, not the pack
     new = []
+
+    def flush() -> None:
+        pack_id, data, entries = writer.finalize()
+        repo.backend.put(pack_key(pack_id), data)
+        new.append((pack_id, len(data), entries))
+        report.bytes_rewritten += len(data)
+
     for pack_id in packs:
         data = memoryview(repo.backend.get(pack_key(pack_id)))
         for h, loc in sorted(by_pack.get(pack_id, []), key=lambda x: x[1].offset):
             stored = data[loc.offset:loc.offset + loc.stored_len]
             repo.decode_chunk(h, loc.method, stored, loc.raw_len, loc.itemsize, pack_id)
             writer.add(h, loc.kind, loc.method, loc.itemsize, bytes(stored), loc.raw_len)
+            if writer.size >= PACK_TARGET:
+                flush()
+                writer = PackWriter(repo.sealer)
     if len(writer):
-        pack_id, data, entries = writer.finalize()
-        repo.backend.put(pack_key(pack_id), data)
-        new.append((pack_id, len(data), entries))
-        report.bytes_rewritten += len(data)
+        flush()
     repo.index.add_packs(new)
     return packs

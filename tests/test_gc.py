@@ -205,3 +205,21 @@ def test_gc_leaves_a_fully_live_repository_alone(repo_dir):
             report = store.gc()
             assert (report.packs_condemned, report.packs_repacked, report.packs_deleted) == (0, 0, 0)
         assert sorted(p.name for p in (repo_dir / "packs").rglob("*") if p.is_file()) == before
+
+
+def test_small_packs_are_merged_and_everything_still_restores(repo_dir):
+    with casstore.open(str(repo_dir), gc_grace=0) as store:
+        state = {"messages": []}
+        infos = []
+        for i in range(40):
+            state["messages"].append({"role": "user", "content": f"message {i} " + os.urandom(300).hex()})
+            infos.append((store.snapshot(state), [dict(m) for m in state["messages"]]))
+        packs_before = len(list((repo_dir / "packs").rglob("*")))
+        first = store.gc()
+        assert first.packs_repacked >= 32 and first.packs_condemned >= 32
+        second = store.gc()
+        assert second.packs_deleted == first.packs_condemned
+        assert len([p for p in (repo_dir / "packs").rglob("*") if p.is_file()]) < packs_before / 4
+        for info, messages in infos:
+            assert store.restore(info.id) == {"messages": messages}
+        assert store.verify(deep=True).problems == []
