@@ -5,4 +5,4 @@ the baselines users have today (full msgpack+zstd files, tar|zstd, restic, borg)
 on the same deterministic workload in the same run.
 """
 
-BENCHMARKS = ("chat", "vectors", "workspace", "big", "langgraph", "s3", "gc")
+BENCHMARKS = ("chat", "vectors", "workspace", "big", "langgraph", "s3", "crypto", "gc")
