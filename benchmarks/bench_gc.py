@@ -103,6 +103,7 @@ def _casstore_row(ctx: Context, tool: str, sessions: int, turns: int) -> dict[st
         finally:
             store.close()
         row["repo_bytes_after_forget"] = dir_bytes(tool_dir)
+        row["index_bytes_after_forget"] = dir_bytes(repo / "index")  # LMDB: a cache, grows on rewrite
 
         gc_out = _child(["gc", str(repo)])
         row.update(gc_s=gc_out["seconds"], gc_pass_s=[p["seconds"] for p in gc_out["passes"]],
@@ -111,6 +112,7 @@ def _casstore_row(ctx: Context, tool: str, sessions: int, turns: int) -> dict[st
                    gc_bytes_rewritten=sum(p["bytes_rewritten"] for p in gc_out["passes"]),
                    gc_passes=gc_out["passes"])
         row["repo_bytes_after"] = dir_bytes(tool_dir)
+        row["index_bytes_after"] = dir_bytes(repo / "index")
         ctx.log(f"  gc/{tool}: gc {row['gc_s']:.2f}s (passes {', '.join(f'{s:.2f}' for s in row['gc_pass_s'])}),"
                 f" freed {row['gc_bytes_freed'] / MB:.2f} MB, peak {row['gc_peak_bytes'] / MB:.0f} MB")
 
