@@ -284,23 +284,27 @@ class Backend:
 
     # ------------------------------------------------------------------ writes
 
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        """Store `data` under `key` atomically, replacing any previous object."""
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
+        """Store `data` under `key` atomically, replacing any previous object.
+
+        durable=False skips the fsyncs of a local put, for objects whose loss
+        in a power cut is harmless (gc marks: a lost mark only delays a deletion).
+        """
         path = self._path(key)
         if self.is_local:
-            self._run("put", key, "put", lambda: _local_put(path, data))
+            self._run("put", key, "put", lambda: _local_put(path, data, durable))
         else:
             payload = bytes(data) if not isinstance(data, bytes) else data
             self._run("put", key, "put", lambda: self.fs.pipe_file(path, payload))
 
-    def put_many(self, items: list[tuple[str, bytes | memoryview]]) -> None:
+    def put_many(self, items: list[tuple[str, bytes | memoryview]], *, durable: bool = True) -> None:
         """Put every (key, data) pair, in parallel; raise the first failure after all finish."""
         items = list(items)
         if len(items) <= 1:
             for key, data in items:
-                self.put(key, data)
+                self.put(key, data, durable=durable)
             return
-        futures = [self._executor().submit(self.put, key, data) for key, data in items]
+        futures = [self._executor().submit(self.put, key, data, durable=durable) for key, data in items]
         _gather(futures)
 
     def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
@@ -575,8 +579,8 @@ def _ensure_parent(path: str) -> str:
     return parent
 
 
-def _write_temp(path: str, data: bytes | bytearray | memoryview) -> str:
-    """Write `data` to a fresh fsynced temp file next to `path`; return its name."""
+def _write_temp(path: str, data: bytes | bytearray | memoryview, durable: bool = True) -> str:
+    """Write `data` to a fresh (fsynced when durable) temp file next to `path`; return its name."""
     parent = _ensure_parent(path)
     tmp = os.path.join(parent, f".{os.path.basename(path)}{TEMP_MARKER}{uuid.uuid4().hex}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
@@ -585,7 +589,8 @@ def _write_temp(path: str, data: bytes | bytearray | memoryview) -> str:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(tmp)
@@ -594,14 +599,15 @@ def _write_temp(path: str, data: bytes | bytearray | memoryview) -> str:
     return tmp
 
 
-def _local_put(path: str, data: bytes | bytearray | memoryview) -> None:
-    tmp = _write_temp(path, data)
+def _local_put(path: str, data: bytes | bytearray | memoryview, durable: bool = True) -> None:
+    tmp = _write_temp(path, data, durable)
     try:
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    _fsync_dir(os.path.dirname(path))
+    if durable:
+        _fsync_dir(os.path.dirname(path))
 
 
 def _local_create(path: str, data: bytes | bytearray | memoryview) -> bool:

@@ -160,7 +160,8 @@ def _condemn(repo: Repository, packs: list[bytes]) -> None:
     grace period must run from when writers can see the mark.
     """
     now = time.time()
-    repo.backend.put_many([(condemned_key(p), msgpack.packb({"time": now})) for p in packs])
+    # Not fsynced: a mark lost to a power cut only means the pack is not deleted yet.
+    repo.backend.put_many([(condemned_key(p), msgpack.packb({"time": now})) for p in packs], durable=False)
     repo.index.set_condemned({p: now for p in packs})
 
 
