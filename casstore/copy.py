@@ -123,7 +123,7 @@ def _send(src: Repository, dst: Repository, todo: list[bytes]) -> list[tuple[byt
             break
         got: dict[bytes, bytes] = {}
         src._load(batch, lambda k, view: got.__setitem__(k, bytes(view)))
-        packs = dst._pack([(k, memoryview(got[k]), locs[k].itemsize, locs[k].kind) for k in batch])
+        packs = list(dst._pack([(k, memoryview(got[k]), locs[k].itemsize, locs[k].kind) for k in batch]))
         dst.backend.put_many([(pack_key(pid), pdata) for pid, pdata, _ in packs])
         out += [(pid, len(pdata), ents) for pid, pdata, ents in packs]
         batch, size = [], 0

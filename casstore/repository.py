@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -283,7 +283,7 @@ class Repository:
                 "time": time.time(), "desc": description, "meta": metadata or {}, "root": root, "height": height,
                 "raw": sum(s for _, s in entries), "struct": len(streams[0].data), "chunks": len(entries),
                 "new_chunks": sum(1 for _, _, ents in packs for e in ents if e.kind == KIND_DATA),
-                "stored": sum(len(data) for _, data, _ in packs),
+                "stored": sum(size for _, size, _ in packs),
             }
             snap_id, data = manifest.encode(fields, self.hasher)
             self.backend.put(manifest_key(snap_id), self.seal_manifest(snap_id, data))
@@ -291,11 +291,11 @@ class Repository:
                 written = {e.hash for _, _, ents in packs for e in ents}
                 packs += self._repair_slow_write(snap_id, [h for h in wanted if h not in written], chunks,
                                                  set(h for h, _ in nodes))
-            self.index.commit([(pid, len(d), ents) for pid, d, ents in packs], [(snap_id, fields)])
+            self.index.commit(packs, [(snap_id, fields)])
             return snap_id, fields
 
     def _repair_slow_write(self, snap_id: bytes, wanted: list[bytes], chunks: dict[bytes, tuple],
-                           node_hashes: set[bytes]) -> list[tuple[bytes, bytes, list[PackEntry]]]:
+                           node_hashes: set[bytes]) -> list[tuple[bytes, int, list[PackEntry]]]:
         """A write slower than grace/2 may have deduplicated against a pack gc condemned meanwhile
         and may be deleting now: store fresh copies of whatever is now doomed (see gc.py)."""
         self._refresh_marks(max_age=0.0)
@@ -306,16 +306,28 @@ class Repository:
             raise
 
     def _store_missing(self, wanted: list[bytes], chunks: dict[bytes, tuple], node_hashes: set[bytes]
-                       ) -> list[tuple[bytes, bytes, list[PackEntry]]]:
-        """Pack and put whatever of wanted the repository lacks; return the packs written."""
+                       ) -> list[tuple[bytes, int, list[PackEntry]]]:
+        """Pack and put whatever of wanted the repository lacks; return (pack id, size, entries) per pack.
+
+        Each pack is put as soon as it is full, while the next one is compressed
+        (one put in flight), so a big snapshot never holds all its compressed
+        chunks in memory at once.
+        """
         missing = self.index.missing(wanted)
         if not missing.issubset(chunks):
             raise ReuseError(f"{len(missing - chunks.keys())} reused chunks are no longer stored")
         todo = [(h, *chunks[h], KIND_NODE if h in node_hashes else KIND_DATA)
                 for h in dict.fromkeys(wanted) if h in missing]
-        packs = self._pack(todo)
-        self.backend.put_many([(pack_key(pid), data) for pid, data, _ in packs])
-        return packs
+        written: list[tuple[bytes, int, list[PackEntry]]] = []
+        in_flight = None
+        for pack_id, data, entries in self._pack(todo):
+            if in_flight is not None:
+                in_flight.result()
+            in_flight = self.pool.submit(self.backend.put, pack_key(pack_id), data)
+            written.append((pack_id, len(data), entries))
+        if in_flight is not None:
+            in_flight.result()
+        return written
 
     def _refresh_marks(self, max_age: float) -> None:
         """Know gc's condemned packs no later than max_age ago, so dedup never trusts a doomed pack."""
@@ -344,10 +356,10 @@ class Repository:
                     chunks[h] = (view, s.itemsize)
         return entries, chunks
 
-    def _pack(self, todo: list[tuple[bytes, memoryview, int, int]]) -> list[tuple[bytes, bytes, list[PackEntry]]]:
-        """Compress (hash, data, itemsize, kind) items in parallel into packs of about PACK_TARGET bytes."""
+    def _pack(self, todo: list[tuple[bytes, memoryview, int, int]]) -> Iterator[tuple[bytes, bytes, list[PackEntry]]]:
+        """Compress (hash, data, itemsize, kind) items in parallel; yield packs of about PACK_TARGET bytes as they fill."""
         if not todo:
-            return []
+            return
 
         sealed = self.sealer.encrypted
 
@@ -358,16 +370,16 @@ class Repository:
                 stored = self.sealer.seal(stored, h)
             return h, kind, method, itemsize, stored, len(view)
 
-        results = self._map_batched(compress, todo, lambda job: len(job[1]))
-        packs, writer = [], PackWriter(self.sealer)
-        for h, kind, method, itemsize, stored, raw_len in results:
-            writer.add(h, kind, method, itemsize, stored, raw_len)
-            if writer.size >= PACK_TARGET:
-                packs.append(writer.finalize())
-                writer = PackWriter(self.sealer)
+        writer = PackWriter(self.sealer)
+        for window in _windows(todo, PACK_TARGET, lambda job: len(job[1])):
+            for h, kind, method, itemsize, stored, raw_len in self._map_batched(compress, window,
+                                                                                lambda job: len(job[1])):
+                writer.add(h, kind, method, itemsize, stored, raw_len)
+                if writer.size >= PACK_TARGET:
+                    yield writer.finalize()
+                    writer = PackWriter(self.sealer)
         if len(writer):
-            packs.append(writer.finalize())
-        return packs
+            yield writer.finalize()
 
     def _map_batched(self, fn: Callable, items: list, weight: Callable[[Any], int]) -> list:
         """fn over items on the pool, in tasks of about WORK_BATCH bytes, results in order.
@@ -629,6 +641,18 @@ class Repository:
             except (IntegrityError, ObjectNotFoundError):
                 return None
         return [r for r in self.read_pool.map(one, keys) if r is not None]
+
+
+def _windows(items: list, size: int, weight: Callable[[Any], int]) -> Iterator[list]:
+    """Consecutive slices of items weighing about size each."""
+    start, load = 0, 0
+    for i, item in enumerate(items):
+        load += weight(item)
+        if load >= size:
+            yield items[start:i + 1]
+            start, load = i + 1, 0
+    if start < len(items):
+        yield items[start:]
 
 
 def read_pack_trailer(backend: Backend, key: str, sealer: crypto.Sealer = crypto.NULL_SEALER

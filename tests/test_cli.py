@@ -15,7 +15,7 @@ import time
 import pytest
 
 WRITER = textwrap.dedent("""
-    import sqlite3, sys, os
+    import sqlite3, sys, os, time
     db = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, kind TEXT, body TEXT)")
@@ -27,6 +27,7 @@ WRITER = textwrap.dedent("""
             db.execute("INSERT INTO events (kind, body) VALUES (?, ?)", ("step", "payload %d " % i + "y" * (i % 500)))
             i += 1
         db.execute("COMMIT")
+        time.sleep(0.002)  # a steady writer, not one that grows the db by megabytes between two snapshots
 """)
 
 

@@ -157,7 +157,7 @@ def test_dedup_bytes_are_exact(store, registry, caplog):
 def test_failed_upload_logs_an_error_and_counts_it(store, registry, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="casstore")
 
-    def full(path, data):
+    def full(path, data, durable=True):
         raise OSError(errno.ENOSPC, "No space left on device", path)  # permanent: no retry
 
     monkeypatch.setattr(backend_mod, "_local_put", full)
@@ -181,11 +181,11 @@ def test_transient_failures_move_the_retry_counter(store, registry, monkeypatch)
     real = backend_mod._local_put
     calls = {"n": 0}
 
-    def flaky(path, data):
+    def flaky(path, data, durable=True):
         calls["n"] += 1
         if calls["n"] <= 2:
             raise OSError(errno.EIO, "I/O error (transient)", path)
-        return real(path, data)
+        return real(path, data, durable)
 
     monkeypatch.setattr(backend_mod, "_local_put", flaky)
     monkeypatch.setattr(backend_mod, "backoff_delay", lambda attempt: 0.0)

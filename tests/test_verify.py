@@ -94,7 +94,7 @@ def test_leftover_pack_is_info_and_gc_removes_it(repo_dir):
     with casstore.open(str(repo_dir), gc_grace=0) as store:
         store.snapshot({"x": os.urandom(50_000)})
         repo = store._repo
-        packs = repo._pack([(b"\x01" * 32, memoryview(b"orphan" * 100), 0, 0)])
+        packs = list(repo._pack([(b"\x01" * 32, memoryview(b"orphan" * 100), 0, 0)]))
         repo.backend.put_many([(f"packs/{p.hex()[:2]}/{p.hex()}", d) for p, d, _ in packs])
         report = store.verify()
         assert report.ok and [p.kind for p in report.problems] == ["unreferenced"]
