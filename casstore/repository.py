@@ -525,7 +525,7 @@ class Repository:
         if not self.backend.is_local:
             return [[r] for r in ranges]
         sizes = [g[-1][1].offset + g[-1][1].stored_len - g[0][1].offset for _, g in ranges]
-        count = max(1, min(self.pool._max_workers, sum(sizes) // LOCAL_BATCH, len(ranges)))
+        count = max(1, min(os.cpu_count() or 1, sum(sizes) // LOCAL_BATCH, len(ranges)))  # more threads than cores only fight over the GIL
         batches: list[list] = [[] for _ in range(count)]
         loads = [0] * count
         for size, r in sorted(zip(sizes, ranges), key=lambda x: -x[0]):
