@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec, retention, tree
+from . import diff as diff_mod
 from . import gc as gc_mod
 from .backend import Backend
 from .config import resolve_url
@@ -169,6 +170,11 @@ class Store:
         rows = self._repo.index.lineage(agent_id, session_id)
         infos = [SnapshotInfo.from_fields(sid, f) for sid, f in rows]
         return sorted(infos, key=lambda i: (i.timestamp, i.index))
+
+    def diff(self, a: str, b: str) -> dict:
+        """What changed from snapshot a to b: chunks and bytes added and removed, and the
+        files (directory snapshots) or state paths (state snapshots) that differ."""
+        return diff_mod.diff(self._repo, self._repo.resolve(a), self._repo.resolve(b), self.restore)
 
     def chunks(self, id: str) -> list[str]:
         """The snapshot's data chunk hashes (hex), in order."""

@@ -26,9 +26,6 @@ from casstore_cli.output import echo_json, human_bytes, key_values, local_time, 
 pass_app = click.make_pass_decorator(App)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
-MAX_STATE_PATHS = 200      # state paths listed by diff before it summarises
-STATE_DIFF_DEPTH = 6       # how deep diff compares nested containers
-
 
 def register(cli: click.Group) -> None:
     for cmd in (init, snapshot, restore, ls, show, diff):
@@ -255,51 +252,6 @@ def show(app: App, snapshot_id: str, as_json: bool) -> None:
 
 # diff ------------------------------------------------------------------------------
 
-def _chunk_diff(store: casstore.Store, a: casstore.SnapshotInfo, b: casstore.SnapshotInfo) -> dict:
-    repo = store._repo
-    ea = repo.entries(repo.fields(bytes.fromhex(a.id)))
-    eb = repo.entries(repo.fields(bytes.fromhex(b.id)))
-    sa, sb = dict(ea), dict(eb)
-    added = sb.keys() - sa.keys()
-    removed = sa.keys() - sb.keys()
-    return {"chunks_added": len(added), "chunks_removed": len(removed),
-            "bytes_added": sum(sb[h] for h in added), "bytes_removed": sum(sa[h] for h in removed),
-            "size_a": a.raw_size, "size_b": b.raw_size}
-
-
-def _state_paths(a: Any, b: Any, path: str, depth: int, out: list[dict]) -> None:
-    """Shallow recursive compare of two restored states, collecting changed paths."""
-    if len(out) >= MAX_STATE_PATHS or _same(a, b):
-        return
-    if isinstance(a, dict) and isinstance(b, dict) and depth < STATE_DIFF_DEPTH:
-        for k in b.keys() - a.keys():
-            out.append({"path": f"{path}[{k!r}]", "change": "added"})
-        for k in a.keys() - b.keys():
-            out.append({"path": f"{path}[{k!r}]", "change": "removed"})
-        for k in a.keys() & b.keys():
-            _state_paths(a[k], b[k], f"{path}[{k!r}]", depth + 1, out)
-        return
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and depth < STATE_DIFF_DEPTH:
-        for i in range(min(len(a), len(b))):
-            _state_paths(a[i], b[i], f"{path}[{i}]", depth + 1, out)
-        if len(a) != len(b):
-            out.append({"path": path, "change": f"length {len(a)} -> {len(b)}"})
-        return
-    out.append({"path": path, "change": "modified"})
-
-
-def _same(a: Any, b: Any) -> bool:
-    if type(a) is not type(b):
-        return False
-    if hasattr(a, "shape") and hasattr(a, "dtype"):
-        import numpy as np
-        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001 - exotic __eq__
-        return False
-
-
 @click.command()
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
@@ -307,24 +259,7 @@ def _same(a: Any, b: Any) -> bool:
 @pass_app
 def diff(app: App, a: str, b: str, as_json: bool) -> None:
     """What changed from snapshot A to snapshot B: files or state paths, chunks and bytes."""
-    store = app.store()
-    ia, ib = store.get_metadata(a), store.get_metadata(b)
-    result: dict[str, Any] = {"a": ia.id, "b": ib.id, "kind": ia.kind if ia.kind == ib.kind else "mixed"}
-    result.update(_chunk_diff(store, ia, ib))
-    if ia.kind == ib.kind == "dir":
-        repo = store._repo
-        d = dirsnap.diff_dirs(repo, repo.fields(bytes.fromhex(ia.id)), repo.fields(bytes.fromhex(ib.id)))
-        result["files"] = d.to_dict()
-    elif ia.kind == ib.kind == "state":
-        try:
-            sa, sb = store.restore(ia.id), store.restore(ib.id)
-        except casstore.CasstoreError as e:
-            result["paths_error"] = str(e)
-        else:
-            paths: list[dict] = []
-            _state_paths(sa, sb, "state", 0, paths)
-            result["paths"] = sorted(paths, key=lambda p: p["path"])
-            result["paths_truncated"] = len(paths) >= MAX_STATE_PATHS
+    result = app.store().diff(a, b)
     if as_json or app.json:
         echo_json(result)
         return
@@ -350,7 +285,7 @@ def _print_diff(r: dict) -> None:
         mark = {"added": "+", "removed": "-"}.get(p["change"], "M")
         click.echo(f"{mark} {p['path']}" + ("" if p["change"] in ("added", "removed", "modified") else f" ({p['change']})"))
     if r.get("paths_truncated"):
-        click.echo(f"... (first {MAX_STATE_PATHS} paths shown)")
+        click.echo(f"... (first {len(r['paths'])} paths shown)")
     if r.get("paths_error"):
         click.echo(f"(state paths not compared: {r['paths_error']})")
     click.echo(f"chunks: {r['chunks_added']} added ({human_bytes(r['bytes_added'])}), {r['chunks_removed']} removed "

@@ -130,3 +130,17 @@ def test_memory_url_works(tmp_path):
     with casstore.open("memory://casstore-test-mem", index_path=str(tmp_path / "idx")) as s:
         info = s.snapshot({"m": [1, 2, 3]})
         assert s.restore(info.id) == {"m": [1, 2, 3]}
+
+
+def test_diff_names_changed_state_paths_and_chunks(store):
+    state = chat_state(30)
+    a = store.snapshot(state)
+    state["memory"]["persona"] = "terse"
+    add_turn(state, 99)
+    b = store.snapshot(state)
+    d = store.diff(a.id[:10], b.id)
+    changed = {p["path"]: p["change"] for p in d["paths"]}
+    assert changed["state['memory']['persona']"] == "modified"
+    assert changed["state['messages']"] == "length 60 -> 62"
+    assert "state['step']" in changed and d["chunks_added"] >= 1 and d["bytes_added"] > 0
+    assert store.diff(a.id, a.id)["paths"] == [] and store.diff(a.id, a.id)["chunks_added"] == 0
