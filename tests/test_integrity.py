@@ -116,26 +116,9 @@ def test_tampered_manifest_is_refused(store, repo_dir):
             again.restore(info.id)
 
 
-WRITER = r"""
-import sys, casstore, numpy as np
-sys.path.insert(0, {root!r})
-from tests.helpers import chat_state, add_turn
-store = casstore.open(sys.argv[1])
-state = chat_state(20)
-state["emb"] = np.random.default_rng(0).normal(size=(2000, 128)).astype(np.float32)
-i = 0
-while True:
-    add_turn(state, i)
-    state["emb"][i % 2000] = i
-    info = store.snapshot(state, agent_id="w", session_id="s")
-    print(info.id, i, flush=True)
-    i += 1
-"""
-
-
 @pytest.mark.parametrize("delay", [0.05, 0.3, 0.7])
 def test_sigkill_mid_snapshot_leaves_earlier_snapshots_restorable(repo_dir, delay):
-    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT), str(repo_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.chat_writer", str(repo_dir)],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     first = proc.stdout.readline()  # the writer is up and has committed once; kill it mid-stream later
     time.sleep(delay)

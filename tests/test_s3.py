@@ -209,26 +209,9 @@ def test_permanent_failure_names_the_url_and_commits_nothing(s3_proxy, s3_proxy_
         assert fresh.restore(agent_id="default") == {"n": 0, "text": "x" * 5000}
 
 
-WRITER = r"""
-import json, sys, casstore, numpy as np
-sys.path.insert(0, {root!r})
-from tests.helpers import chat_state, add_turn
-store = casstore.open(sys.argv[1], storage_options=json.loads(sys.argv[2]), index_path=sys.argv[3])
-state = chat_state(20)
-state["emb"] = np.random.default_rng(0).normal(size=(2000, 128)).astype(np.float32)
-i = 0
-while True:
-    add_turn(state, i)
-    state["emb"][i % 2000] = i
-    info = store.snapshot(state, agent_id="w", session_id="s")
-    print(info.id, i, flush=True)
-    i += 1
-"""
-
-
 def test_sigkilled_writer_on_s3_leaves_earlier_snapshots_restorable(s3_server, s3_url, tmp_path):
     import json
-    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT), s3_url,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.chat_writer", s3_url,
                              json.dumps(s3_server.storage_options), str(tmp_path / "writer-idx")],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     first = proc.stdout.readline()
