@@ -31,8 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import fsspec
-from fsspec.core import url_to_fs
 
 from casstore import observability as _obs
 from casstore.errors import ConfigurationError, ObjectNotFoundError, StorageError
@@ -193,7 +191,7 @@ class Backend:
         if s3:
             options = _single_attempt_sdk(options)
         try:
-            fs, root = url_to_fs(url, **options)
+            fs, root = _open_fs(url, options)
         except ImportError as exc:
             raise ConfigurationError(_missing_driver_message(url, shown)) from exc
         except ValueError as exc:
@@ -214,7 +212,7 @@ class Backend:
         else:
             self._get_kwargs = {}
             self._s3 = False
-        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        protocols = ("file",) if fs is None else fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
         self.fs = fs
         self.is_local: bool = "file" in protocols or "local" in protocols
         self.local_path: str | None = os.path.abspath(root) if self.is_local else None
@@ -498,6 +496,19 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}{f' [{code}]' if code else ''}: {text}"
 
 
+def _open_fs(url: str, options: dict) -> tuple[Any, str]:
+    """(fsspec filesystem, root) for a URL; (None, path) for a plain local path.
+
+    Local folders need nothing from fsspec (every local operation is plain os
+    calls), so fsspec and its imports are loaded only for other protocols.
+    """
+    if _protocol_of(url) == "file" and "::" not in url and not options:
+        path = url[len("file://"):] if url.startswith("file://") else url
+        return None, os.path.expanduser(path)
+    from fsspec.core import url_to_fs
+    return url_to_fs(url, **options)
+
+
 def _protocol_of(url: str) -> str:
     """The (innermost) protocol of an fsspec URL; "file" for a plain path."""
     if "://" not in url:
@@ -532,7 +543,7 @@ def _missing_driver_message(url: str, shown: str) -> str:
     return f"no fsspec driver for protocol {protocol!r} needed by {shown!r}{hint}"
 
 
-def _supports_conditional_put(fs: fsspec.AbstractFileSystem) -> bool:
+def _supports_conditional_put(fs: Any) -> bool:
     """s3fs turns pipe_file(mode="create") into PutObject with If-None-Match: *."""
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return "s3" in protocols and type(fs).__module__.startswith("s3fs")

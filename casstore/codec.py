@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import msgpack
-import numpy as np
 
 from .errors import SerializationError
 
@@ -211,10 +210,12 @@ class _Encoder:
         if t is set or t is frozenset:
             items = [self.walk(v, f"{path}{{{v!r}}}") for v in _stable_order(obj)]
             return self.ext(EXT_SET if t is set else EXT_FROZENSET, items)
-        if t is np.ndarray:
-            return self.array(obj, path)
-        if isinstance(obj, np.generic):
-            return self.npscalar(obj, path)
+        if t.__module__ == "numpy":  # numpy is loaded only when a state holds its objects
+            np = _numpy()
+            if t is np.ndarray:
+                return self.array(obj, path)
+            if isinstance(obj, np.generic):
+                return self.npscalar(obj, path)
         if t is _dt.datetime:
             return self.ext(EXT_DATETIME, [obj.isoformat()])
         if t is _dt.date:
@@ -277,7 +278,8 @@ class _Encoder:
         self.region += view.nbytes
         return ref
 
-    def array(self, arr: np.ndarray, path: str) -> msgpack.ExtType:
+    def array(self, arr: Any, path: str) -> msgpack.ExtType:
+        np = _numpy()
         if arr.dtype.kind not in _ARRAY_KINDS or arr.dtype.fields is not None:
             raise SerializationError(f"{path}: numpy array of dtype {arr.dtype} is not supported (object/structured)")
         meta = [arr.dtype.str, list(arr.shape)]
@@ -289,7 +291,7 @@ class _Encoder:
         view = memoryview(contiguous.reshape(-1).view(np.uint8))
         return self.blob(arr, BLOB_ARRAY, meta, row_bytes, arr.dtype.itemsize if numeric else 0, view)
 
-    def npscalar(self, obj: np.generic, path: str) -> msgpack.ExtType:
+    def npscalar(self, obj: Any, path: str) -> msgpack.ExtType:
         if obj.dtype.kind not in _ARRAY_KINDS:
             raise SerializationError(f"{path}: numpy scalar of dtype {obj.dtype} is not supported")
         return self.ext(EXT_NPSCALAR, [obj.dtype.str, obj.tobytes()])
@@ -332,9 +334,11 @@ def _decode_ext(code: int, data: bytes, region: memoryview, hook: Callable, allo
         return _decode_list(inner(), region, hook)
     if code == EXT_ARRAY:
         dtype, shape, raw = inner()
+        np = _numpy()
         return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
     if code == EXT_NPSCALAR:
         dtype, raw = inner()
+        np = _numpy()
         return np.frombuffer(raw, dtype=np.dtype(dtype))[0]
     if code == EXT_DATETIME:
         return _dt.datetime.fromisoformat(inner()[0])
@@ -371,6 +375,7 @@ def _decode_blob(ref: list, region: memoryview) -> Any:
     view = region[offset:offset + nbytes]
     if kind == BLOB_ARRAY:
         dtype, shape = meta
+        np = _numpy()
         return np.frombuffer(view, dtype=np.dtype(dtype)).reshape(shape)
     if kind == BLOB_STR:
         return str(view, "utf-8")
@@ -390,6 +395,12 @@ def _decode_list(ref: list, region: memoryview, hook: Callable) -> list:
                                  f"{len(region)}-byte blob region")
     data = b"\xdd" + count.to_bytes(4, "big") + region[offset:offset + nbytes]
     return msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False, use_list=True)
+
+
+def _numpy() -> Any:
+    """numpy, imported on first use: a process that never meets an array does not pay for it."""
+    import numpy
+    return numpy
 
 
 def _codec_named(name: str) -> _Codec:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import zstandard
 
 from .errors import IntegrityError
@@ -72,6 +71,7 @@ class Codec:
 
 
 def shuffle(data: memoryview, itemsize: int) -> bytes:
+    import numpy as np  # only numeric array blocks are shuffled
     a = np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)
     return a.T.tobytes()
 
@@ -79,5 +79,6 @@ def shuffle(data: memoryview, itemsize: int) -> bytes:
 def unshuffle(data: bytes, itemsize: int) -> bytes:
     if itemsize <= 1 or len(data) % itemsize:
         raise IntegrityError(f"shuffled chunk of {len(data)} bytes does not split into {itemsize}-byte items")
+    import numpy as np
     a = np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1)
     return a.T.tobytes()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from . import dirsnap
 from .errors import CasstoreError
 from .repository import Repository
@@ -65,7 +63,8 @@ def state_paths(a: Any, b: Any, path: str, depth: int, out: list[dict]) -> None:
 def _same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
-    if isinstance(a, np.ndarray):
+    if type(a).__module__ == "numpy" and hasattr(a, "shape"):
+        import numpy as np
         return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
     try:
         return bool(a == b)

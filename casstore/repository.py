@@ -30,8 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
-
 from . import crypto, manifest, tree
 from .backend import Backend
 from .chunker import Chunker
@@ -435,6 +433,7 @@ class Repository:
         """
         entries = self.entries(fields) if entries is None else entries
         end = fields["raw"] if end is None else end
+        import numpy as np  # loaded on first restore; gc and verify never need it
         view = memoryview(np.empty(end - start, dtype=np.uint8))
         places: dict[bytes, list[tuple[int, int, int]]] = defaultdict(list)  # hash -> [(dst, src_from, src_to)]
         sizes: dict[bytes, int] = {}
