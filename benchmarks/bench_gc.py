@@ -39,8 +39,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
-from .harness import (PACKAGE_ROOT, Context, current_rss, dir_bytes, format_table, peak_rss, ratio,
-                      target_row)
+from .harness import PACKAGE_ROOT, Context, dir_bytes, format_table, ratio, target_row
 from .tools import cli_wanted
 from .workloads import chat_states
 
@@ -131,48 +130,17 @@ def _casstore_row(ctx: Context, tool: str, sessions: int, turns: int) -> dict[st
 
 
 def _child(args: list[str], timeout: float = 3600) -> dict[str, Any]:
-    """Run this module as a child on one operation; its JSON line carries its own VmHWM."""
+    """Run gc_child on one operation; its JSON line carries its own VmHWM."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "benchmarks.bench_gc", *args], cwd=PACKAGE_ROOT, env=env,
+    res = subprocess.run([sys.executable, "-m", "benchmarks.gc_child", *args], cwd=PACKAGE_ROOT, env=env,
                          capture_output=True, text=True, timeout=timeout)
     if res.returncode != 0:
         raise RuntimeError(f"child {' '.join(args[:1])} failed ({res.returncode}): {res.stderr[-2000:]}")
     out = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
     out["process_s"] = time.perf_counter() - t0
     return out
-
-
-def child_main(argv: list[str]) -> int:
-    mode, path = argv[0], argv[1]
-    import casstore
-    out: dict[str, Any] = {"rss_before_open": current_rss()}
-    store = casstore.open(path, create=False)
-    out["rss_after_open"] = current_rss()
-    try:
-        if mode == "gc":
-            passes = []
-            for _ in range(2):  # gc_grace=0: pass 1 condemns (and repacks), pass 2 deletes
-                report, seconds = _timed(store.gc)
-                d = report.to_dict()
-                d.pop("deleted", None)
-                d["seconds"] = seconds
-                passes.append(d)
-            out.update(passes=passes, seconds=sum(p["seconds"] for p in passes))
-        elif mode in ("verify", "verify-deep"):
-            report, seconds = _timed(store.verify, deep=mode == "verify-deep")
-            d = report.to_dict()
-            d.pop("problems", None)
-            out.update(seconds=seconds, ok=report.ok, report=d, errors=[str(p) for p in report.errors[:5]])
-        else:
-            print(f"unknown mode {mode}", file=sys.stderr)
-            return 2
-    finally:
-        store.close()
-    out["peak_rss"] = peak_rss()
-    print(json.dumps(out), flush=True)
-    return 0
 
 
 # ------------------------------------------------------------------ restic
@@ -321,6 +289,3 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     shutil.rmtree(ctx.scratch / BENCH, ignore_errors=True)
     return rows + _targets(rows)
 
-
-if __name__ == "__main__":
-    sys.exit(child_main(sys.argv[1:]))
