@@ -71,7 +71,9 @@ def resolve_url(url: str | None) -> tuple[str, str]:
 
 
 def cache_dir() -> str:
-    """Per-user cache root for indexes of remote repositories."""
-    base = os.environ.get("CASSTORE_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "casstore") if not os.environ.get("CASSTORE_CACHE_DIR") else base
+    """Per-user cache root for indexes of remote repositories: $CASSTORE_CACHE_DIR, else the XDG cache."""
+    explicit = os.environ.get("CASSTORE_CACHE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "casstore")
