@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import blake3
 
@@ -191,13 +191,3 @@ def verify_proof(proof: Proof | dict, root: str | bytes, *, key: str | bytes | N
         return bool(proof.steps) and current == want
     except (ValueError, KeyError, TypeError, struct.error):
         return False
-
-
-def chunk_positions(entries: Iterable[Entry]) -> list[int]:
-    """Byte offset of each entry in the concatenated stream (plus the total at the end)."""
-    out, pos = [], 0
-    for _, s in entries:
-        out.append(pos)
-        pos += s
-    out.append(pos)
-    return out

@@ -184,10 +184,6 @@ class Index:
         with self.env.begin(db=self._packs) as txn:
             return {bytes(k): _PACK.unpack(v)[:2] for k, v in txn.cursor()}
 
-    def has_pack(self, pack_id: bytes) -> bool:
-        with self.env.begin(db=self._packs) as txn:
-            return txn.get(pack_id) is not None
-
     def _put_pack(self, txn: lmdb.Transaction, pack_id: bytes, size: int, entries: list[PackEntry]) -> None:
         known = txn.get(pack_id, db=self._packs)
         if known is not None:
