@@ -81,13 +81,14 @@ def collect(repo: Repository, *, dry_run: bool = False, grace: float | None = No
     report.live_chunks = len(live_data)
 
     canonical = repo.index.locate(live)  # the one copy of each live chunk that gc keeps
-    held = repo.index.pack_hashes()
     sizes = repo.index.packs()
     report.packs = len(sizes)
     marks = _read_marks(repo)
 
-    data_bytes: dict[bytes, int] = {}  # stored chunk bytes per pack, trailer excluded
-    for _h, loc in repo.index.iter_chunks():
+    held: dict[bytes, list[bytes]] = {}  # pack -> hashes it holds
+    data_bytes: dict[bytes, int] = {}    # stored chunk bytes per pack, trailer excluded
+    for h, loc in repo.index.iter_chunks():  # one scan of the chunk table for both
+        held.setdefault(loc.pack, []).append(h)
         data_bytes[loc.pack] = data_bytes.get(loc.pack, 0) + loc.stored_len
     live_bytes: dict[bytes, int] = {}
     for h, loc in canonical.items():
