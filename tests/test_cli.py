@@ -9,27 +9,10 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import textwrap
-import time
 
 import pytest
 
-WRITER = textwrap.dedent("""
-    import sqlite3, sys, os, time
-    db = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, kind TEXT, body TEXT)")
-    open(sys.argv[2], "w").close()
-    i = 0
-    while not os.path.exists(sys.argv[3]):
-        db.execute("BEGIN")
-        for _ in range(20):
-            db.execute("INSERT INTO events (kind, body) VALUES (?, ?)", ("step", "payload %d " % i + "y" * (i % 500)))
-            i += 1
-        db.execute("COMMIT")
-        time.sleep(0.002)  # a steady writer, not one that grows the db by megabytes between two snapshots
-""")
-
+from . import sqlite_writer
 
 def run(*args, env=None, input=None, cwd=None, entry=None):
     """Run the CLI as a subprocess; `entry` picks the installed console script instead of -m."""
@@ -99,16 +82,9 @@ def make_workspace(ws):
 def test_whole_operator_scenario(tmp_path, env):
     ws = tmp_path / "ws"
     make_workspace(ws)
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER)
-    ready, stop = tmp_path / "ready", tmp_path / "stop"
-    writer = subprocess.Popen([sys.executable, str(script), str(ws / "events.db"), str(ready), str(stop)])
+    # a steady writer, not one that grows the db by megabytes between two snapshots
+    writer, stop = sqlite_writer.start(tmp_path, ws / "events.db", pause=0.002)
     try:
-        deadline = time.time() + 20
-        while not ready.exists():
-            assert writer.poll() is None and time.time() < deadline
-            time.sleep(0.01)
-        time.sleep(0.2)
 
         created = ok("init", env=env)
         assert str(tmp_path / "repo") in created.stdout.decode()

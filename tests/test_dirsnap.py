@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import subprocess
 import sys
-import textwrap
 import time
 
 import msgpack
 import pytest
+
+from . import sqlite_writer
 
 import casstore
 from casstore import dirsnap
@@ -216,33 +216,8 @@ def test_diff_dirs_reports_added_removed_modified(store, tmp_path):
 
 # --- SQLite -----------------------------------------------------------------
 
-WRITER = textwrap.dedent("""
-    import sqlite3, sys, os
-    db = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
-    db.execute("PRAGMA journal_mode=" + sys.argv[2])
-    db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, body TEXT)")
-    open(sys.argv[3], "w").close()
-    i = 0
-    while not os.path.exists(sys.argv[4]):
-        db.execute("BEGIN")
-        for _ in range(50):
-            db.execute("INSERT INTO events (body) VALUES (?)", ("event %d " % i + "x" * (i % 300),))
-            i += 1
-        db.execute("COMMIT")
-""")
-
-
 def start_writer(tmp_path, db_path, mode="wal"):
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER)
-    ready, stop = tmp_path / f"ready-{mode}", tmp_path / f"stop-{mode}"
-    proc = subprocess.Popen([sys.executable, str(script), str(db_path), mode, str(ready), str(stop)])
-    deadline = time.time() + 20
-    while not ready.exists():
-        assert proc.poll() is None and time.time() < deadline, "writer did not start"
-        time.sleep(0.01)
-    time.sleep(0.2)
-    return proc, stop
+    return sqlite_writer.start(tmp_path, db_path, mode)
 
 
 @pytest.mark.parametrize("mode", ["wal", "delete"])
