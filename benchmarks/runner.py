@@ -84,15 +84,7 @@ def run_state_workload(ctx: Context, bench: str, states: Iterable[Any], n_steps:
     for step, state in enumerate(states):
         if step in samples:
             kept[step] = keep(state)
-        for lane in lanes:
-            if lane.tool is None:
-                continue
-            try:
-                snap, seconds = timed(lane.tool.snapshot, state, step)
-            except Exception as exc:
-                lane.fail(exc)
-                continue
-            lane.record(snap, seconds)
+        _snapshot_step(lanes, "snapshot", state, step)
         _progress(ctx, bench, step, n_steps)
     for lane in lanes:
         if lane.tool is None:
@@ -120,15 +112,7 @@ def run_dir_workload(ctx: Context, bench: str, root: Path, steps: Iterable[int],
     for step in steps:
         if step in samples:
             shutil.copytree(root, kept_root / str(step))
-        for lane in lanes:
-            if lane.tool is None:
-                continue
-            try:
-                snap, seconds = timed(lane.tool.snapshot_dir, root, step)
-            except Exception as exc:
-                lane.fail(exc)
-                continue
-            lane.record(snap, seconds)
+        _snapshot_step(lanes, "snapshot_dir", root, step)
         _progress(ctx, bench, step, n_steps)
     out_root = ctx.scratch / bench / "_restored"
     for lane in lanes:
@@ -148,6 +132,19 @@ def run_dir_workload(ctx: Context, bench: str, root: Path, steps: Iterable[int],
             lane.fail(exc)
     shutil.rmtree(kept_root, ignore_errors=True)
     return _rows(bench, lanes)
+
+
+def _snapshot_step(lanes: list[Lane], method: str, what: Any, step: int) -> None:
+    """Every live lane snapshots `what` (a state or a folder) once, timed; a failure retires the lane."""
+    for lane in lanes:
+        if lane.tool is None:
+            continue
+        try:
+            snap, seconds = timed(getattr(lane.tool, method), what, step)
+        except Exception as exc:
+            lane.fail(exc)
+            continue
+        lane.record(snap, seconds)
 
 
 def _progress(ctx: Context, bench: str, step: int, n_steps: int) -> None:
