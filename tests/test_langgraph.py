@@ -174,3 +174,28 @@ def test_checkpoints_share_message_bytes(tmp_path):
         late = infos[-10:]
         assert all(i.raw_size > 20_000 for i in late)
         assert all(i.stored_size < i.raw_size / 8 for i in late), [(i.raw_size, i.stored_size) for i in late]
+
+
+def test_saver_caches_are_exact_and_bounded(tmp_path):
+    """Reads served from the state cache equal reads from storage; the cache respects its bound;
+    a reloaded checkpoint's messages are not serialized again by the next put."""
+    repo = str(tmp_path / "repo")
+    with CasstoreSaver.from_url(repo, cache_bytes=200_000) as saver:
+        graph = _graph(saver)
+        config = {"configurable": {"thread_id": "t"}}
+        for t in range(12):
+            graph.invoke({"messages": [_human(t)]}, config)
+        assert 0 < saver._states.used <= 200_000
+        warm = [(c.checkpoint, c.metadata, c.pending_writes) for c in saver.list(config)]
+
+        dumped = []
+        real = saver.serde.dumps_typed
+        saver.serde.dumps_typed = lambda obj: dumped.append(obj) or real(obj)
+        loaded = saver.get_tuple(config)
+        saver.put(config, {**loaded.checkpoint, "id": "ffffffff-0000-6000-8000-000000000000"},
+                  {"source": "update", "step": 99, "parents": {}}, {})
+        saver.serde.dumps_typed = real
+        assert not [o for o in dumped if getattr(o, "type", None) in ("human", "ai")], dumped
+    with CasstoreSaver.from_url(repo) as cold:
+        tuples = [c for c in cold.list(config) if c.checkpoint["id"] != "ffffffff-0000-6000-8000-000000000000"]
+        assert [(c.checkpoint, c.metadata, c.pending_writes) for c in tuples] == warm
