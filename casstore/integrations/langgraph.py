@@ -24,17 +24,22 @@ Layout in the repository
   (``type\\0bytes``), so appending a message appends bytes at the end of the
   encoded state and every older message keeps its exact bytes; casstore's
   content-defined chunking then stores only the new chunks. Other channel
-  values are one serde item each; the checkpoint itself (ids, versions,
-  ``versions_seen``, without channel values) comes last, so the part that
-  changes at every step sits in the final chunk.
+  values are one serde item each; they and the checkpoint itself (ids,
+  versions, ``versions_seen``, without channel values) are small and sit in
+  the state's structure stream, apart from the long lists' own streams.
 * Pending writes (``put_writes``) arrive after their checkpoint is
-  committed, so they go to a sibling lineage ``<session>#writes``: one small
-  snapshot per ``put_writes`` call whose metadata names the checkpoint id,
-  the task id and the write indexes it holds (enough to keep ``put_writes``
-  idempotent without restoring anything). They are as durable as
-  checkpoints and merged, in commit order, into ``pending_writes`` when the
-  checkpoint is read (a repeated regular write keeps the first value, a
-  special write such as an error or interrupt keeps the last).
+  committed, so they go to a sibling lineage ``<session>#writes``, as rows
+  ``[checkpoint id, task id, channel, index, task path, value]``. Calls are
+  group-committed: LangGraph issues writes while the previous checkpoint is
+  still being stored, so every call that queued meanwhile rides in one
+  snapshot (and writes queued for a checkpoint whose own ``put`` comes next
+  ride in that checkpoint's snapshot); each call returns once its snapshot
+  is durable. The snapshot metadata lists ``[checkpoint id, task id, write
+  indexes]`` per call, enough to keep ``put_writes`` idempotent without
+  restoring anything. Writes are merged, in commit order, into
+  ``pending_writes`` when a checkpoint is read (a repeated regular write keeps
+  the first value, a special write such as an error or interrupt keeps the
+  last). Format 1 (one snapshot per call) is still read.
 * ``delete_thread`` / ``prune`` / ``delete_for_runs`` delete snapshots with
   ``Store.delete``; their chunks are reclaimed by ``casstore gc``.
   ``copy_thread`` re-snapshots each stored state under the target thread,
@@ -62,7 +67,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,7 +100,7 @@ __all__ = ["CasstoreSaver", "AGENT_PREFIX"]
 AGENT_PREFIX = "langgraph:"
 ROOT_SESSION = "default"
 WRITES_SUFFIX = "#writes"
-FORMAT = 1
+FORMAT = 2  # 2: write rows name their checkpoint; checkpoints may carry writes (1 is still read)
 KIND_CHECKPOINT = "checkpoint"
 KIND_WRITES = "writes"
 MAX_CACHED_THREADS = 256
@@ -209,6 +214,21 @@ class _Writes:
 
 
 @dataclass
+class _Queued:
+    """One put_writes call waiting for the next snapshot of its lineage (group commit)."""
+
+    tid: str
+    ns: str
+    cid: str
+    task_id: str
+    rows: list  # [cid, task_id, channel, idx, task_path, item]
+    keys: list[int]
+    cost: int
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+@dataclass
 class _Thread:
     ckpts: dict[str, dict[str, _Ckpt]] = field(default_factory=dict)           # ns -> cid -> checkpoint
     writes: dict[tuple[str, str], list[_Writes]] = field(default_factory=dict)  # (ns, cid) -> writes, in order
@@ -227,6 +247,8 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         # (thread, ns, channel) -> {id(obj): (obj, fingerprint, item)} of the last stored or loaded list
         self._items: OrderedDict[tuple[str, str, str], dict[int, tuple[Any, Any, bytes]]] = OrderedDict()
         self._states = _StateCache(cache_bytes)
+        self._io = threading.Lock()  # one snapshot write at a time; taken before _lock, never inside it
+        self._queue: list[_Queued] = []  # pending writes not yet in a snapshot
 
     @classmethod
     def from_url(cls, url: str | None = None, *, serde: SerializerProtocol | None = None,
@@ -432,13 +454,18 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
 
     def _pending_writes(self, tid: str, ns: str, cid: str) -> list[tuple[str, str, Any]]:
         with self._lock:
-            entries = list(self._thread(tid).writes.get((ns, cid), ()))
+            snap_ids = list(dict.fromkeys(w.snap_id for w in self._thread(tid).writes.get((ns, cid), ())))
         merged: dict[tuple[str, int], tuple[str, str, bytes, str]] = {}
-        for w in entries:
-            state = self._state(w.snap_id)
+        for snap_id in snap_ids:
+            state = self._state(snap_id)
             if state is None:
                 continue
-            for task_id, channel, idx, task_path, item in state["writes"]:
+            for row in state.get("writes", ()):
+                if len(row) == 6:  # format 2 rows name their checkpoint (a snapshot may hold several)
+                    if row[0] != cid:
+                        continue
+                    row = row[1:]
+                task_id, channel, idx, task_path, item = row
                 key = (task_id, idx)
                 if idx >= 0 and key in merged:
                     continue
@@ -504,15 +531,47 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             state, cost = self._encode_checkpoint(tid, ns, c, values)
             meta = {"langgraph": KIND_CHECKPOINT, **_ns_field(ns), "checkpoint_id": cid,
                     "parent_checkpoint_id": parent_id, **self._metadata_fields(md)}
-            desc = f"langgraph {md.get('source', 'checkpoint')} step {md.get('step', '?')}"
-            th = self._thread(tid)
-            old = th.ckpts.get(ns, {}).get(cid)
-            info = self.store.snapshot(state, agent_id(tid), session_id(ns), description=desc, metadata=meta)
-            self._states.put(info.id, state, cost)
-            _add_info(th, info)
-            if old is not None and old.snap_id != info.id:  # the same checkpoint id put again: replace it
+        desc = f"langgraph {md.get('source', 'checkpoint')} step {md.get('step', '?')}"
+        with self._io:
+            with self._lock:
+                old = self._thread(tid).ckpts.get(ns, {}).get(cid)
+                replaced = old is not None and not self._carries_writes(tid, old.snap_id)
+            self._commit(tid, ns, state, cost, meta, desc, lambda q: q.cid == cid)
+            if replaced:  # the same checkpoint id put again: the new snapshot replaces the old one
                 self._delete([old.snap_id])
         return {"configurable": {"thread_id": tid, "checkpoint_ns": ns, "checkpoint_id": cid}}
+
+    def _commit(self, tid: str, ns: str, state: dict, cost: int, meta: dict, desc: str | None,
+                take: Callable[[_Queued], bool]) -> None:
+        """Write one snapshot (holding _io) carrying the queued writes of this lineage that take() picks.
+
+        Every put_writes call whose rows ride in the snapshot returns once it is
+        durable (group commit): LangGraph issues writes while the previous
+        checkpoint is still being stored, so they rarely need a snapshot of their own.
+        """
+        with self._lock:
+            jobs = [q for q in self._queue if q.tid == tid and q.ns == ns and take(q)]
+            self._queue = [q for q in self._queue if q not in jobs]
+        if jobs:
+            state = {**state, "writes": [row for q in jobs for row in q.rows]}
+            meta = {**meta, "writes": [[q.cid, q.task_id, q.keys] for q in jobs]}
+            cost += sum(q.cost for q in jobs)
+        session = session_id(ns) + ("" if meta["langgraph"] == KIND_CHECKPOINT else WRITES_SUFFIX)
+        try:
+            info = self.store.snapshot(state, agent_id(tid), session, description=desc, metadata=meta)
+        except BaseException as e:
+            for q in jobs:
+                q.error = e
+                q.done.set()
+            raise
+        with self._lock:
+            self._states.put(info.id, state, cost)
+            _add_info(self._thread(tid), info)
+        for q in jobs:
+            q.done.set()
+
+    def _carries_writes(self, tid: str, snap_id: str) -> bool:
+        return any(w.snap_id == snap_id for ws in self._thread(tid).writes.values() for w in ws)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
@@ -521,6 +580,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         with self._lock:
             th = self._thread(tid)
             have = {(w.task_id, i) for w in th.writes.get((ns, cid), ()) for i in w.keys}
+            have.update((q.task_id, i) for q in self._queue if (q.tid, q.ns, q.cid) == (tid, ns, cid) for i in q.keys)
             rows, keys = [], []
             cost = 0
             for idx, (channel, value) in enumerate(writes):
@@ -533,15 +593,19 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 else:
                     stored = _item(self.serde.dumps_typed(value))
                     cost += len(stored)
-                rows.append([task_id, channel, i, task_path, stored])
+                rows.append([cid, task_id, channel, i, task_path, stored])
                 keys.append(i)
             if not rows:
                 return
-            meta = {"langgraph": KIND_WRITES, **_ns_field(ns), "checkpoint_id": cid, "task_id": task_id, "keys": keys}
-            state = {"format": FORMAT, "writes": rows}
-            info = self.store.snapshot(state, agent_id(tid), session_id(ns) + WRITES_SUFFIX, metadata=meta)
-            self._states.put(info.id, state, cost + 64 * len(rows))
-            _add_info(th, info)
+            job = _Queued(tid, ns, cid, task_id, rows, keys, cost + 64 * len(rows))
+            self._queue.append(job)
+        with self._io:
+            if not job.done.is_set():  # no snapshot took these rows yet: store every queued write of the lineage
+                self._commit(tid, ns, {"format": FORMAT}, 0, {"langgraph": KIND_WRITES, **_ns_field(ns)}, None,
+                             lambda q: True)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
 
     def _delete(self, snap_ids: list[str]) -> None:
         for sid in snap_ids:
@@ -553,7 +617,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
 
     def delete_thread(self, thread_id: str) -> None:
         tid = str(thread_id)
-        with self._lock:
+        with self._io, self._lock:
             infos = self.store.list(agent_id(tid))
             self._delete([i.id for i in infos])
             self._threads.pop(tid, None)
@@ -562,13 +626,15 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         src, dst = str(source_thread_id), str(target_thread_id)
-        with self._lock:
+        with self._io, self._lock:
             infos = self.store.list(agent_id(src))
             th = self._thread(dst)
             for info in infos:
                 if info.metadata.get("langgraph") not in (KIND_CHECKPOINT, KIND_WRITES):
                     continue
-                state = self.store.restore(info.id)
+                state = self._state(info.id)
+                if state is None:
+                    continue
                 meta = {k: v for k, v in info.metadata.items() if k != "thread_id"}
                 new = self.store.snapshot(state, agent_id(dst), info.session_id, description=info.description,
                                           metadata=meta)
@@ -582,37 +648,25 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             if strategy == "delete":
                 self.delete_thread(tid)
                 continue
-            with self._lock:
+            with self._io, self._lock:
                 th = self._thread(tid, reload=True)
-                doomed = []
-                for ns, ckpts in th.ckpts.items():
-                    if not ckpts:
-                        continue
-                    keep = max(ckpts)
-                    for cid, ck in ckpts.items():
-                        if cid != keep:
-                            doomed.append(ck.snap_id)
-                            doomed += [w.snap_id for w in th.writes.get((ns, cid), ())]
-                    doomed += [w.snap_id for (wns, wcid), ws in th.writes.items()
-                               if wns == ns and wcid not in ckpts for w in ws]
-                self._delete(doomed)
+                latest = {ns: max(ckpts) for ns, ckpts in th.ckpts.items() if ckpts}
+                doomed = {(ns, cid) for ns, ckpts in th.ckpts.items() for cid in ckpts if cid != latest[ns]}
+                doomed |= {(ns, cid) for ns, cid in th.writes if cid not in th.ckpts.get(ns, {})}  # orphans
+                self._delete(_snapshots_of(th, doomed))
                 self._threads.pop(tid, None)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         runs = {str(r) for r in run_ids}
         if not runs:
             return
-        with self._lock:
+        with self._io, self._lock:
             for tid in self._all_threads():
                 th = self._thread(tid)
-                doomed = []
-                for ns, ckpts in th.ckpts.items():
-                    for cid, ck in ckpts.items():
-                        if str(self._metadata(ck).get("run_id")) in runs:
-                            doomed.append(ck.snap_id)
-                            doomed += [w.snap_id for w in th.writes.get((ns, cid), ())]
+                doomed = {(ns, cid) for ns, ckpts in th.ckpts.items() for cid, ck in ckpts.items()
+                          if str(self._metadata(ck).get("run_id")) in runs}
                 if doomed:
-                    self._delete(doomed)
+                    self._delete(_snapshots_of(th, doomed))
                     self._threads.pop(tid, None)
 
     # ------------------------------------------------------------------ async
@@ -646,6 +700,19 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         await asyncio.to_thread(self.delete_for_runs, run_ids)
 
 
+def _snapshots_of(th: _Thread, doomed: set[tuple[str, str]]) -> list[str]:
+    """Snapshots to delete with these (ns, checkpoint id)s: their checkpoints, and every snapshot
+    whose carried writes all belong to them (a snapshot carrying a kept checkpoint's writes stays)."""
+    out = {ck.snap_id for ns, ckpts in th.ckpts.items() for cid, ck in ckpts.items() if (ns, cid) in doomed}
+    carried: dict[str, set[tuple[str, str]]] = {}
+    for key, ws in th.writes.items():
+        for w in ws:
+            carried.setdefault(w.snap_id, set()).add(key)
+    out |= {sid for sid, keys in carried.items() if keys <= doomed}
+    out -= {sid for sid, keys in carried.items() if not keys <= doomed}
+    return sorted(out)
+
+
 def _ns_field(ns: str) -> dict:
     """The namespace as snapshot metadata; the root namespace "" is the default and not stored."""
     return {"checkpoint_ns": ns} if ns else {}
@@ -658,7 +725,8 @@ def _add_info(th: _Thread, info: SnapshotInfo) -> None:
     if kind == KIND_CHECKPOINT:
         cid = meta["checkpoint_id"]
         th.ckpts.setdefault(ns, {})[cid] = _Ckpt(info.id, cid, meta.get("parent_checkpoint_id"), meta)
-    elif kind == KIND_WRITES:
-        cid = meta["checkpoint_id"]
-        th.writes.setdefault((ns, cid), []).append(_Writes(info.id, cid, meta.get("task_id", ""),
-                                                           list(meta.get("keys", ()))))
+    elif kind == KIND_WRITES and "writes" not in meta:  # format 1: one put_writes call per snapshot
+        meta = {"writes": [[meta["checkpoint_id"], meta.get("task_id", ""), meta.get("keys", ())]]}
+    if kind in (KIND_CHECKPOINT, KIND_WRITES):
+        for cid, task_id, keys in meta.get("writes", ()):
+            th.writes.setdefault((ns, cid), []).append(_Writes(info.id, cid, task_id, list(keys)))
