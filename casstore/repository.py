@@ -94,7 +94,7 @@ class Stream:
     entries: list[tree.Entry] | None = None
 
 
-Sink = Callable[[bytes, "bytes | memoryview"], None]   # gets each loaded chunk: (hash, verified bytes)
+Sink = Callable[[bytes, bytes | memoryview], None]   # gets each loaded chunk: (hash, verified bytes)
 Range = tuple[bytes, int, int, list[tuple[bytes, Location]]]  # pack id, start, end, the chunks inside
 
 
@@ -473,16 +473,16 @@ class Repository:
 
         got = self.cache.get_many(sizes)
         todo = [h for h in sizes if h not in got]
-        if sum(sizes[h] for h in todo) <= self.cache.admit_limit:
+        if todo and sum(sizes[h] for h in todo) <= self.cache.admit_limit:
             fresh: dict[bytes, bytes | memoryview] = {}
             self._load(todo, fresh.__setitem__)
             self.cache.put_many((h, bytes(data)) for h, data in fresh.items())
             got.update(fresh)
-        else:
-            whole = defaultdict(list)   # hash -> destinations where the chunk lands whole
+        elif todo:
+            once: dict[bytes, int] = {}   # hash -> where it lands, if it lands once and whole; else -1
             for h, dst, a, b in spans:
-                whole[h].append(dst if b - a == sizes[h] else -1)
-            into = {h: view[d[0]:d[0] + sizes[h]] for h in todo if len(d := whole[h]) == 1 and d[0] >= 0}
+                once[h] = dst if h not in once and b - a == sizes[h] else -1
+            into = {h: view[d:d + sizes[h]] for h in todo if (d := once[h]) >= 0}
             self._load(todo, got.__setitem__, into)
             spans = [s for s in spans if s[0] not in into]
         for h, dst, a, b in spans:
