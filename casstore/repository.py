@@ -52,7 +52,7 @@ MAX_READ = 16 << 20         # ...but keep one ranged read below this size
 # 2.3 s with the CPU-sized pool (4 threads on 2 cores) and 1.0 s with 16 threads
 # (botocore keeps 10 connections unless max_pool_connections is raised).
 REMOTE_READ_WORKERS = 16
-LOCAL_BATCH = 4 << 20       # stored bytes per pool task when reading a local repository
+LOCAL_BATCH = 4 << 20       # stored bytes per reading thread for a local repository (less: read inline)
 WORK_BATCH = 1 << 20        # raw bytes per pool task when compressing
 
 
