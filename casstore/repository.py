@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -524,8 +524,7 @@ class Repository:
             raise IntegrityError(f"chunk {lost[0].hex()} (and {len(lost) - 1} more) is not in any known pack")
         ranges = _coalesce(locs)
         if not self.backend.is_local:
-            for f in [self.read_pool.submit(self._read_range, r, sink, into) for r in ranges]:
-                f.result()
+            _finish([self.read_pool.submit(self._read_range, r, sink, into) for r in ranges])
             return
         total = sum(end - base for _, base, end, _ in ranges)
         workers = max(1, min(os.cpu_count() or 1, total // LOCAL_BATCH, len(ranges)))
@@ -536,11 +535,15 @@ class Repository:
         queue = iter(sorted(ranges, key=lambda r: r[1] - r[2]))  # biggest first, for an even finish
 
         def drain() -> None:
-            for r in queue:
-                self._read_range(r, sink, into)
+            try:
+                for r in queue:
+                    self._read_range(r, sink, into)
+            except BaseException:
+                for _ in queue:   # a failed read ends the restore: leave the other threads nothing to do
+                    pass
+                raise
 
-        for f in [self.read_pool.submit(drain) for _ in range(workers)]:
-            f.result()
+        _finish([self.read_pool.submit(drain) for _ in range(workers)])
 
     def _read_range(self, job: Range, sink: Sink, into: dict[bytes, memoryview]) -> None:
         """Read one coalesced range of a pack and decode its chunks."""
@@ -664,6 +667,13 @@ class Repository:
             except (IntegrityError, ObjectNotFoundError):
                 return None
         return [r for r in self.read_pool.map(one, keys) if r is not None]
+
+
+def _finish(futures: list[Future]) -> None:
+    """Wait for every task, then raise the first failure: no thread is still writing when the caller goes on."""
+    wait(futures)
+    for f in futures:
+        f.result()
 
 
 def _coalesce(locs: dict[bytes, Location]) -> list[Range]:

@@ -115,3 +115,17 @@ def test_reads_with_and_without_the_cache_agree(tmp_path, cache_bytes):
             assert bytes(repo.read(fields, start, end)) == whole[start:end]
         if cache_bytes == 0:
             assert len(repo.cache) == 0
+
+
+def test_damage_found_by_one_reading_thread_fails_the_restore(tmp_path):
+    repo_dir = tmp_path / "repo"
+    with casstore.open(str(repo_dir), cache_bytes=0) as store:
+        info = store.snapshot({"blob": os.urandom(20 << 20)})   # stored raw in two packs, read on several threads
+    packs = _packs(repo_dir)
+    assert len(packs) == 2
+    for pack in packs:
+        _flip(pack, 5000)
+    with casstore.open(str(repo_dir), cache_bytes=0) as store:
+        with pytest.raises(casstore.IntegrityError, match="does not match its hash") as e:
+            store.restore(info.id)
+        assert info.id in str(e.value)
