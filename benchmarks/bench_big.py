@@ -62,6 +62,9 @@ def _measure(ctx: Context, name: str, factory: Any, state: Any, size: int, total
         row["stored_bytes"] = dir_bytes(repo)
         _snap2, t_resnap = timed(tool.snapshot, state, 1)
         row["stored_after_resnapshot_bytes"] = dir_bytes(repo)
+        drop = getattr(tool, "drop_caches", None)
+        if drop is not None:
+            drop()   # a cold restore, as a new process would do it (see runner._cold_then_warm)
         restored, t_restore = timed(tool.restore, snap.id)
         bad = states_equal(state, restored)
         del restored

@@ -109,7 +109,7 @@ class _CasstoreS3:
         return Snap(info.id, info.raw_size, {"stored_size": info.stored_size})
 
     def restore(self, snap_id: str) -> Any:
-        self.store._repo._nodes.clear()  # a cold read: no tree nodes cached from the snapshot
+        self.store.drop_caches()  # a cold read: nothing cached from the snapshot
         return self.store.restore(snap_id)
 
     def uploaded(self) -> int:

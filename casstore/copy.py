@@ -29,6 +29,7 @@ node and snapshot id would change, and with them the parent chain.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterable
 
 from . import manifest, tree
@@ -101,7 +102,7 @@ def _copy_one(src: Repository, dst: Repository, sid: bytes, fields: dict, report
     report.bytes_sent += sum(size for _, size, _ in packs) + len(data)
     if verify:
         dst._load(todo, lambda h, view: None)           # hash-checked read back of what was sent
-        tree.node_hashes(fields["root"], fields["height"], dst.fetch_nodes, dst.hasher)
+        tree.node_hashes(fields["root"], fields["height"], partial(dst.fetch_nodes, cached=False), dst.hasher)
 
 
 def _send(src: Repository, dst: Repository, todo: list[bytes]) -> list[tuple[bytes, int, list[PackEntry]]]:

@@ -25,13 +25,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from . import crypto, manifest, tree
 from .backend import Backend
+from .cache import DEFAULT_CACHE_BYTES, ChunkCache
 from .chunker import Chunker
 from .compress import Codec
 from .config import RepoConfig, cache_dir
@@ -46,13 +47,12 @@ FORGOTTEN_PREFIX = "forgotten/"
 PACK_TARGET = 16 << 20      # close a pack once it holds this many stored bytes
 COALESCE_GAP = 256 << 10    # read across gaps up to this size rather than issue another request
 MAX_READ = 16 << 20         # ...but keep one ranged read below this size
-NODE_CACHE = 16384          # tree nodes kept in memory (~10 MB at most)
 # Reads in flight at once on a remote store. They wait on latency, not CPU: a chat
 # restore after 150 steps touches ~125 packs, and at 20 ms a request that took
 # 2.3 s with the CPU-sized pool (4 threads on 2 cores) and 1.0 s with 16 threads
 # (botocore keeps 10 connections unless max_pool_connections is raised).
 REMOTE_READ_WORKERS = 16
-LOCAL_BATCH = 4 << 20       # stored bytes per pool task when reading a local repository
+LOCAL_BATCH = 4 << 20       # stored bytes per reading thread for a local repository (less: read inline)
 WORK_BATCH = 1 << 20        # raw bytes per pool task when compressing
 
 
@@ -94,6 +94,10 @@ class Stream:
     entries: list[tree.Entry] | None = None
 
 
+Sink = Callable[[bytes, bytes | memoryview], None]   # gets each loaded chunk: (hash, verified bytes)
+Range = tuple[bytes, int, int, list[tuple[bytes, Location]]]  # pack id, start, end, the chunks inside
+
+
 class ReuseError(Exception):
     """A stream's reused chunk list names chunks the repository no longer holds."""
 
@@ -104,9 +108,10 @@ class Repository:
     def __init__(self, backend: Backend, *, index_path: str | None = None, compression_level: int = 3,
                  create: bool = True, workers: int | None = None, read_workers: int | None = None,
                  new_config: RepoConfig | None = None, password: bytes | None = None,
-                 master_key: bytes | None = None):
+                 master_key: bytes | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
         """password unlocks an encrypted repository (or protects a new one); master_key, only when
-        creating, reuses another repository's key so that copies between the two keep their ids."""
+        creating, reuses another repository's key so that copies between the two keep their ids;
+        cache_bytes bounds the in-memory cache of verified chunks and tree nodes (see cache.py)."""
         self.backend = backend
         self.config = self._load_or_create_config(create, new_config or RepoConfig(), password, master_key)
         self.hasher = self.keys.hasher
@@ -122,7 +127,7 @@ class Repository:
         self.read_pool = self.pool if backend.is_local else ThreadPoolExecutor(
             max_workers=read_workers or REMOTE_READ_WORKERS, thread_name_prefix="casstore-read")
         self._lock = threading.RLock()
-        self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
+        self.cache = ChunkCache(cache_bytes)
         self._marks_seen = 0.0  # monotonic time of the last look at gc's condemned marks
         owner = self.index.get_meta("repo_id")
         if owner not in (None, self.config.repo_id.encode()):
@@ -251,11 +256,15 @@ class Repository:
     def decode_chunk(self, h: bytes, method: int, stored: bytes | memoryview, raw_len: int, itemsize: int,
                      pack_id: bytes) -> bytes | memoryview:
         """Stored bytes -> open (when sealed) -> decompress -> check against the id."""
-        if self.sealer.encrypted:
-            stored = self.sealer.open(stored, h, f"chunk {h.hex()} in pack {pack_id.hex()}")
-        data = self.codec.decompress(method, stored, raw_len, itemsize)
+        data = self.codec.decompress(method, self._unseal(h, stored, pack_id), raw_len, itemsize)
         self.verify_chunk(h, data, pack_id)
         return data
+
+    def _unseal(self, h: bytes, stored: bytes | memoryview, pack_id: bytes) -> bytes | memoryview:
+        """A chunk's stored bytes opened (authenticated and decrypted) when the repository is encrypted."""
+        if self.sealer.encrypted:
+            return self.sealer.open(stored, h, f"chunk {h.hex()} in pack {pack_id.hex()}")
+        return stored
 
     def _default_index_path(self) -> str:
         if self.backend.is_local and not self.config.encryption:
@@ -290,6 +299,7 @@ class Repository:
                 packs += self._repair_slow_write(snap_id, [h for h in wanted if h not in written], chunks,
                                                  set(h for h, _ in nodes))
             self.index.commit(packs, [(snap_id, fields)])
+            self._cache_written(chunks, packs)
             return snap_id, fields
 
     def _repair_slow_write(self, snap_id: bytes, wanted: list[bytes], chunks: dict[bytes, tuple],
@@ -400,23 +410,30 @@ class Repository:
         return [r for done in self.pool.map(lambda batch: [fn(item) for item in batch], batches) for r in done]
 
     # read path ----------------------------------------------------------
-    def fetch_nodes(self, hashes: list[bytes]) -> dict[bytes, bytes]:
-        out = {}
-        wanted = []
-        for h in hashes:
-            data = self._nodes.get(h)
-            if data is None:
-                wanted.append(h)
-            else:
-                out[h] = data
+    def drop_caches(self) -> None:
+        """Forget every cached chunk and tree node: the next read goes to storage, as in a new process."""
+        self.cache.clear()
+
+    def _cache_written(self, chunks: dict[bytes, tuple], packs: list[tuple[bytes, int, list[PackEntry]]]) -> None:
+        """Write-through: cache what a small snapshot stored, so restoring it (as an agent does at
+        its next step) reads memory. A snapshot that stored more than the cache admits is left out,
+        so a big one pays no copies. Each copy is hashed again: the caller may have changed its
+        arrays since they were chunked, and the cache holds only bytes that match their name."""
+        new = [e.hash for _, _, entries in packs for e in entries]
+        if not new or sum(len(chunks[h][0]) for h in new) > self.cache.admit_limit:
+            return
+        copies = [(h, bytes(chunks[h][0])) for h in new]
+        self.cache.put_many((h, data) for h, data in copies if self.hasher(data) == h)
+
+    def fetch_nodes(self, hashes: list[bytes], cached: bool = True) -> dict[bytes, bytes]:
+        """Tree nodes by hash, verified; cached=False reads storage only (verify) and caches nothing."""
+        out = self.cache.get_many(hashes) if cached else {}
+        wanted = [h for h in hashes if h not in out]
         if wanted:
             got: dict[bytes, bytes] = {}
             self._load(wanted, lambda h, data: got.__setitem__(h, bytes(data)))
-            with self._lock:
-                for h, data in got.items():
-                    self._nodes[h] = data
-                while len(self._nodes) > NODE_CACHE:
-                    self._nodes.popitem(last=False)
+            if cached:
+                self.cache.put_many(got.items())
             out.update(got)
         return out
 
@@ -427,6 +444,10 @@ class Repository:
              entries: list[tree.Entry] | None = None) -> memoryview:
         """The snapshot's logical bytes [start, end): structure stream, then blobs.
 
+        Chunks come from the cache when it holds them. A read small enough for
+        the cache (see cache.py) fills it; a bigger one bypasses it and decodes
+        each chunk that lands whole in one place straight into the buffer (the
+        others are decoded once, then copied to each place).
         The buffer is a writable numpy allocation, not a zero-filled bytearray:
         every byte is overwritten by a verified chunk before it is returned, so
         zeroing hundreds of megabytes first would be wasted work.
@@ -435,13 +456,13 @@ class Repository:
         end = fields["raw"] if end is None else end
         import numpy as np  # loaded on first restore; gc and verify never need it
         view = memoryview(np.empty(end - start, dtype=np.uint8))
-        places: dict[bytes, list[tuple[int, int, int]]] = defaultdict(list)  # hash -> [(dst, src_from, src_to)]
+        spans: list[tuple[bytes, int, int, int]] = []  # (hash, dst, src_from, src_to), in order
         sizes: dict[bytes, int] = {}
         pos = 0
         for h, n in entries:
             lo, hi = max(pos, start), min(pos + n, end)
             if lo < hi:
-                places[h].append((lo - start, lo - pos, hi - pos))
+                spans.append((h, lo - start, lo - pos, hi - pos))
                 if sizes.setdefault(h, n) != n:
                     raise IntegrityError(f"chunk tree lists chunk {h.hex()} with two sizes, {sizes[h]} and {n}")
             pos += n
@@ -450,25 +471,50 @@ class Repository:
         if pos < end:
             raise IntegrityError(f"chunk tree covers {pos} bytes, fewer than the {end} the manifest needs")
 
-        def sink(h: bytes, data: memoryview) -> None:
+        got = self.cache.get_many(sizes)
+        todo = [h for h in sizes if h not in got]
+        if todo and sum(sizes[h] for h in todo) <= self.cache.admit_limit:
+            fresh: dict[bytes, bytes | memoryview] = {}
+            self._load(todo, fresh.__setitem__)
+            self.cache.put_many((h, bytes(data)) for h, data in fresh.items())
+            got.update(fresh)
+        elif todo:
+            once: dict[bytes, int] = {}   # hash -> where it lands, if it lands once and whole; else -1
+            for h, dst, a, b in spans:
+                once[h] = dst if h not in once and b - a == sizes[h] else -1
+            into = {h: view[d:d + sizes[h]] for h in todo if (d := once[h]) >= 0}
+            self._load(todo, got.__setitem__, into)
+            spans = [s for s in spans if s[0] not in into]
+        for h, dst, a, b in spans:
+            data = got[h]
             if len(data) != sizes[h]:
                 raise IntegrityError(f"chunk {h.hex()} holds {len(data)} bytes; the chunk tree says {sizes[h]}")
-            for dst, a, b in places[h]:
-                view[dst:dst + b - a] = data[a:b]
-
-        self._load(list(places), sink)
+            view[dst:dst + b - a] = data[a:b]
         return view
 
-    def _load(self, hashes: list[bytes], sink: Callable[[bytes, memoryview], None]) -> None:
-        """Fetch, verify and decompress chunks; a pack gc removed meanwhile triggers one sync and retry."""
+    def _load(self, hashes: list[bytes], sink: Sink, into: dict[bytes, memoryview] | None = None) -> None:
+        """Fetch, verify and decompress chunks from storage (never the cache).
+
+        Each chunk goes to sink(hash, bytes), or is decoded straight into into[hash]
+        when into names a destination for it. A pack gc removed meanwhile
+        triggers one sync and retry.
+        """
         try:
-            self._load_once(hashes, sink)
+            self._load_once(hashes, sink, into or {})
         except ObjectNotFoundError:
             self.sync()
-            self._load_once(hashes, sink)
+            self._load_once(hashes, sink, into or {})
 
-    def _load_once(self, hashes: list[bytes], sink: Callable[[bytes, memoryview], None]) -> None:
-        """Fetch, verify and decompress chunks, grouped into coalesced ranged reads."""
+    def _load_once(self, hashes: list[bytes], sink: Sink, into: dict[bytes, memoryview]) -> None:
+        """Locate the chunks (one index transaction), then read them in coalesced ranges.
+
+        Remote reads wait on the network, so each range is its own task on the
+        read pool. Local reads take microseconds, so a pool task per range would
+        cost more than the read: a small restore runs inline, and a big one on
+        as many threads as cores (more only fight over the GIL), each taking the
+        next range from a shared queue, so zstd and BLAKE3 (which release the
+        GIL on big inputs) run side by side.
+        """
         locs = self.index.locate(hashes)
         if len(locs) < len(hashes):
             self.sync()
@@ -476,62 +522,43 @@ class Repository:
         lost = [h for h in hashes if h not in locs]
         if lost:
             raise IntegrityError(f"chunk {lost[0].hex()} (and {len(lost) - 1} more) is not in any known pack")
-        by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
-        for h, loc in locs.items():
-            by_pack[loc.pack].append((h, loc))
-        ranges = []
-        for pack_id, items in by_pack.items():
-            items.sort(key=lambda it: it[1].offset)
-            group = [items[0]]
-            for it in items[1:]:
-                last = group[-1][1]
-                if (it[1].offset - (last.offset + last.stored_len) <= COALESCE_GAP
-                        and it[1].offset + it[1].stored_len - group[0][1].offset <= MAX_READ):
-                    group.append(it)
-                else:
-                    ranges.append((pack_id, group))
-                    group = [it]
-            ranges.append((pack_id, group))
-
-        def work(job: tuple[bytes, list[tuple[bytes, Location]]]) -> None:
-            pack_id, group = job
-            base = group[0][1].offset
-            end = group[-1][1].offset + group[-1][1].stored_len
-            buf = memoryview(self.backend.get_range(pack_key(pack_id), base, end))
-            for h, loc in group:
-                stored = buf[loc.offset - base:loc.offset - base + loc.stored_len]
-                sink(h, memoryview(self.decode_chunk(h, loc.method, stored, loc.raw_len, loc.itemsize, pack_id)))
-
-        def work_batch(batch: list) -> None:
-            for job in batch:
-                work(job)
-
-        batches = self._batches(ranges)
-        if len(batches) == 1:
-            work_batch(batches[0])
-        else:
-            for f in [self.read_pool.submit(work_batch, b) for b in batches]:
-                f.result()
-
-    def _batches(self, ranges: list[tuple[bytes, list[tuple[bytes, Location]]]]) -> list[list]:
-        """Split ranged reads into pool tasks.
-
-        Remote reads wait on the network, so each is its own task. Local reads
-        take microseconds, so handing each to a thread costs more than the read:
-        they go in a few batches of similar size (one, inline, for small restores),
-        enough to spread zstd and BLAKE3 (which release the GIL) over the cores.
-        """
+        ranges = _coalesce(locs)
         if not self.backend.is_local:
-            return [[r] for r in ranges]
-        sizes = [g[-1][1].offset + g[-1][1].stored_len - g[0][1].offset for _, g in ranges]
-        count = max(1, min(os.cpu_count() or 1, sum(sizes) // LOCAL_BATCH, len(ranges)))  # more threads than cores only fight over the GIL
-        batches: list[list] = [[] for _ in range(count)]
-        loads = [0] * count
-        for size, r in sorted(zip(sizes, ranges), key=lambda x: -x[0]):
-            i = loads.index(min(loads))
-            batches[i].append(r)
-            loads[i] += size
-        return batches
+            _finish([self.read_pool.submit(self._read_range, r, sink, into) for r in ranges])
+            return
+        total = sum(end - base for _, base, end, _ in ranges)
+        workers = max(1, min(os.cpu_count() or 1, total // LOCAL_BATCH, len(ranges)))
+        if workers == 1:
+            for r in ranges:
+                self._read_range(r, sink, into)
+            return
+        queue = iter(sorted(ranges, key=lambda r: r[1] - r[2]))  # biggest first, for an even finish
+
+        def drain() -> None:
+            try:
+                for r in queue:
+                    self._read_range(r, sink, into)
+            except BaseException:
+                for _ in queue:   # a failed read ends the restore: leave the other threads nothing to do
+                    pass
+                raise
+
+        _finish([self.read_pool.submit(drain) for _ in range(workers)])
+
+    def _read_range(self, job: Range, sink: Sink, into: dict[bytes, memoryview]) -> None:
+        """Read one coalesced range of a pack and decode its chunks."""
+        pack_id, base, end, group = job
+        buf = memoryview(self.backend.get_range(pack_key(pack_id), base, end))
+        for h, loc in group:
+            stored = buf[loc.offset - base:loc.offset - base + loc.stored_len]
+            out = into.get(h)
+            if out is None:
+                sink(h, self.decode_chunk(h, loc.method, stored, loc.raw_len, loc.itemsize, pack_id))
+                continue
+            if loc.raw_len != len(out):
+                raise IntegrityError(f"chunk {h.hex()} holds {loc.raw_len} bytes; the chunk tree says {len(out)}")
+            self.codec.decompress_into(loc.method, self._unseal(h, stored, pack_id), out, loc.itemsize)
+            self.verify_chunk(h, out, pack_id)
 
     def verify_chunk(self, h: bytes, data: bytes | memoryview, pack_id: bytes) -> None:
         if self.hasher(data) != h:
@@ -616,7 +643,7 @@ class Repository:
         with self._lock:
             self.index.clear()
             self.index.set_meta("repo_id", self.config.repo_id.encode())
-            self._nodes.clear()
+            self.cache.clear()
             return self.sync()
 
     def _read_trailers(self, keys: list[str]) -> list[tuple[bytes, int, list[PackEntry]]]:
@@ -640,6 +667,37 @@ class Repository:
             except (IntegrityError, ObjectNotFoundError):
                 return None
         return [r for r in self.read_pool.map(one, keys) if r is not None]
+
+
+def _finish(futures: list[Future]) -> None:
+    """Wait for every task, then raise the first failure: no thread is still writing when the caller goes on."""
+    wait(futures)
+    for f in futures:
+        f.result()
+
+
+def _coalesce(locs: dict[bytes, Location]) -> list[Range]:
+    """Group chunk locations into ranged reads: per pack, in offset order, across gaps up to
+    COALESCE_GAP and below MAX_READ in all."""
+    by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
+    for h, loc in locs.items():
+        by_pack[loc.pack].append((h, loc))
+    ranges = []
+    for pack_id, items in by_pack.items():
+        items.sort(key=lambda it: it[1].offset)
+        base = items[0][1].offset
+        end = base + items[0][1].stored_len
+        group = [items[0]]
+        for it in items[1:]:
+            loc = it[1]
+            if loc.offset - end <= COALESCE_GAP and loc.offset + loc.stored_len - base <= MAX_READ:
+                group.append(it)
+                end = max(end, loc.offset + loc.stored_len)
+            else:
+                ranges.append((pack_id, base, end, group))
+                base, end, group = loc.offset, loc.offset + loc.stored_len, [it]
+        ranges.append((pack_id, base, end, group))
+    return ranges
 
 
 def _windows(items: list, size: int, weight: Callable[[Any], int]) -> Iterator[list]:

@@ -12,6 +12,7 @@ from . import codec, retention, tree
 from . import diff as diff_mod
 from . import gc as gc_mod
 from .backend import Backend
+from .cache import DEFAULT_CACHE_BYTES
 from .config import resolve_url
 from .copy import CopyReport, copy_snapshots
 from .errors import ChunkNotFoundError, ConfigurationError, IntegrityError, SnapshotNotFoundError
@@ -95,6 +96,12 @@ class Store:
 
     def close(self) -> None:
         self._repo.close()
+
+    def drop_caches(self) -> None:
+        """Empty the in-memory cache of verified chunks and tree nodes (see `open`'s cache_bytes):
+        the next restore reads storage, as a new process would. Useful before timing a cold
+        restore, or to make a restore re-read data that was damaged in storage meanwhile."""
+        self._repo.drop_caches()
 
     # writing ------------------------------------------------------------
     @observed("snapshot")
@@ -297,7 +304,7 @@ class Store:
 def open(url: str | None = None, *, storage_options: dict | None = None, index_path: str | None = None,
          compression_level: int = 3, create: bool = True, gc_grace: float | None = None,
          password: str | bytes | None = None, key_file: str | None = None, encrypt: bool | str = False,
-         key_from: Store | None = None) -> Store:
+         key_from: Store | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Store:
     """Open (or create) the repository at url: None means $CASSTORE_REPO, else ./.casstore.
 
     gc_grace (seconds a condemned pack waits before gc deletes it; default one
@@ -312,6 +319,13 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
     (an open encrypted Store) makes it share that store's master key, so
     `copy` between the two works. An explicit password for an unencrypted
     repository is refused rather than silently ignored.
+
+    cache_bytes bounds the in-memory LRU of verified chunks and tree nodes
+    (default 64 MiB; 0 turns it off). Entries are keyed by content hash, so
+    they never go stale; restores of up to a quarter of it, and snapshots that
+    write up to a quarter of it, fill it, so restoring a snapshot just written
+    or just read reads memory, not storage. `Store.drop_caches()` empties it;
+    `verify` never reads through it.
     """
     from . import crypto
     secret = crypto.read_password(password, key_file)
@@ -321,6 +335,8 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
         raise ConfigurationError(f"compression_level must be 1..22, got {compression_level}")
     if gc_grace is not None and gc_grace < 0:
         raise ConfigurationError(f"gc_grace must be >= 0 seconds, got {gc_grace}")
+    if cache_bytes < 0:
+        raise ConfigurationError(f"cache_bytes must be >= 0, got {cache_bytes}")
     resolved, _ = resolve_url(url)
     backend = Backend(resolved, storage_options)
     if isinstance(encrypt, str) and encrypt not in crypto.CIPHERS:
@@ -331,7 +347,8 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
     try:
         repo = Repository(backend, index_path=index_path, compression_level=compression_level, create=create,
                           new_config=new_config, password=secret,
-                          master_key=key_from._repo.keys.master if key_from is not None else None)
+                          master_key=key_from._repo.keys.master if key_from is not None else None,
+                          cache_bytes=cache_bytes)
     except BaseException:
         backend.close()
         raise

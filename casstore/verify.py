@@ -22,6 +22,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -149,17 +150,20 @@ def _check_manifests(repo: Repository, snap_ids: list[bytes] | None, report: Ver
 
 def _walk_trees(repo: Repository, manifests: list[tuple[bytes, dict]], owners: dict[bytes, int],
                 report: VerifyReport) -> tuple[set[bytes], set[bytes]]:
-    """All referenced chunks and nodes; a tree that cannot be read is reported with its snapshot."""
+    """All referenced chunks and nodes; a tree that cannot be read is reported with its snapshot.
+
+    Nodes are read from storage, never from the repository's cache: verify checks what is stored."""
     roots = [(f["root"], f["height"]) for _, f in manifests]
+    fetch = partial(repo.fetch_nodes, cached=False)
     try:
-        return reachable(roots, repo.fetch_nodes, lambda h, i: owners.__setitem__(h, i))
+        return reachable(roots, fetch, lambda h, i: owners.__setitem__(h, i))
     except CasstoreError:
         pass  # some tree is damaged: walk snapshot by snapshot to name the ones affected
     data: set[bytes] = set()
     nodes: set[bytes] = set()
     for i, (sid, f) in enumerate(manifests):
         try:
-            d, n = reachable([(f["root"], f["height"])], repo.fetch_nodes)
+            d, n = reachable([(f["root"], f["height"])], fetch)
         except CasstoreError as e:
             report.problems.append(Problem("missing-chunk", f"the chunk tree of snapshot {sid.hex()} cannot be read: {e}",
                                            [sid.hex()]))

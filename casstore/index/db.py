@@ -28,8 +28,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import lmdb
 import msgpack
@@ -50,8 +49,9 @@ _ENVS: dict[str, tuple[lmdb.Environment, int]] = {}
 _ENVS_LOCK = threading.Lock()
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
+    """Where one copy of a chunk lives (a tuple: a restore builds thousands of them)."""
+
     pack: bytes
     kind: int
     method: int
@@ -140,20 +140,18 @@ class Index:
             return out
 
     def locate(self, hashes: Iterable[bytes]) -> dict[bytes, Location]:
-        """One location per known hash, preferring packs that are not condemned."""
-        out = {}
+        """One location per known hash, preferring packs that are not condemned.
+
+        One cursor call fetches every copy of every hash: a restore asks for thousands.
+        """
+        best: dict[bytes, bytes] = {}
         with self.env.begin() as txn:
             condemned = self._condemned_nums(txn)
-            cur = txn.cursor(db=self._chunks)
-            for h in hashes:
-                if not cur.set_key(h):
-                    continue
-                best = None
-                for v in cur.iternext_dup():
-                    if best is None or (best[:4] in condemned and v[:4] not in condemned):
-                        best = bytes(v)
-                out[h] = self._location(txn, best)
-        return out
+            for h, v in txn.cursor(db=self._chunks).getmulti(hashes, dupdata=True):
+                old = best.get(h)
+                if old is None or (old[:4] in condemned and v[:4] not in condemned):
+                    best[h] = v
+            return {h: self._location(txn, v) for h, v in best.items()}
 
     def iter_chunks(self) -> Iterator[tuple[bytes, Location]]:
         """Every (hash, location) pair, a chunk once per pack that holds it."""
