@@ -85,6 +85,7 @@ class Stream:
     A stream known to be unchanged since an earlier snapshot may give its
     chunk list as `entries` instead of data; write() then checks the chunks
     are still stored and raises ReuseError if not, so the caller re-reads.
+    A list stream gives `item_ends` (where each item ends) and is cut only there.
     """
 
     data: memoryview | None
@@ -92,6 +93,7 @@ class Stream:
     itemsize: int = 0
     structure: bool = False
     entries: list[tree.Entry] | None = None
+    item_ends: list[int] | None = None
 
 
 class ReuseError(Exception):
@@ -345,7 +347,7 @@ class Repository:
             if s.entries is not None:
                 entries.extend(s.entries)
                 continue
-            spans = self.chunker.cut_structure(s.data) if s.structure else self.chunker.cut_blob(s.data, s.row_bytes)
+            spans = self._cut(s)
             for off, n in spans:
                 view = s.data[off:off + n]
                 h = digest(view)
@@ -353,6 +355,13 @@ class Repository:
                 if h not in chunks:
                     chunks[h] = (view, s.itemsize)
         return entries, chunks
+
+    def _cut(self, s: Stream) -> list[tuple[int, int]]:
+        if s.item_ends is not None:
+            return self.chunker.cut_items(s.data, s.item_ends)
+        if s.structure:
+            return self.chunker.cut_structure(s.data)
+        return self.chunker.cut_blob(s.data, s.row_bytes)
 
     def _pack(self, todo: list[tuple[bytes, memoryview, int, int]]) -> Iterator[tuple[bytes, bytes, list[PackEntry]]]:
         """Compress (hash, data, itemsize, kind) items in parallel; yield packs of about PACK_TARGET bytes as they fill."""
