@@ -54,8 +54,9 @@ NODE_CACHE = 16384          # tree nodes kept in memory (~10 MB at most)
 # (botocore keeps 10 connections unless max_pool_connections is raised).
 REMOTE_READ_WORKERS = 16
 LOCAL_BATCH = 4 << 20       # stored bytes per pool task when reading a local repository
-COMPRESS_BATCH = 4 << 20    # raw bytes per compression task (zstd spreads each over the cores)
+COMPRESS_BATCH = 8 << 20    # raw bytes per compression task (zstd spreads each over the cores)
 COMPRESS_AHEAD = 2          # compression tasks in flight at once: bounds the compressed bytes held
+PUTS_AHEAD = 2              # packs being finalized and put at once while the next fills
 
 
 def pack_key(pack_id: bytes) -> str:
@@ -367,7 +368,7 @@ class Repository:
     def _pack(self, todo: list[tuple[bytes, memoryview, int, int]]) -> list[tuple[bytes, bytes, list[PackEntry]]]:
         """Compress (hash, data, itemsize, kind) items; return packs of about PACK_TARGET bytes."""
         packs: list[tuple[bytes, bytes, list[PackEntry]]] = []
-        packer = _Packer(self, lambda *pack: packs.append(pack))
+        packer = _Packer(self, lambda writer: packs.append(writer.finalize()))
         for job in todo:
             packer.add(job)
         packer.finish()
@@ -630,11 +631,11 @@ class _Packer:
     raw bytes become one pool task, which zstd runs in its own threads without
     the GIL (Codec.compress_many), so the caller's chunking and hashing go on
     alongside. At most COMPRESS_AHEAD tasks are in flight, which bounds the
-    compressed bytes held in memory. done(pack id, pack bytes, entries) gets
-    each pack of about PACK_TARGET stored bytes, in order.
+    compressed bytes held in memory. done() gets each full PackWriter (about
+    PACK_TARGET stored bytes), in order, to finalize.
     """
 
-    def __init__(self, repo: Repository, done: Callable[[bytes, bytes, list[PackEntry]], None]):
+    def __init__(self, repo: Repository, done: Callable[[PackWriter], None]):
         self.repo = repo
         self.done = done
         self.writer = PackWriter(repo.sealer)
@@ -659,30 +660,29 @@ class _Packer:
             self._fill(self.repo._compress(self.batch))
             self.batch, self.load = [], 0
         if len(self.writer):
-            self.done(*self.writer.finalize())
+            self.done(self.writer)
             self.writer = PackWriter(self.repo.sealer)
 
     def _fill(self, stored: list[tuple]) -> None:
         for h, kind, method, itemsize, data, raw_len in stored:
             self.writer.add(h, kind, method, itemsize, data, raw_len)
             if self.writer.size >= PACK_TARGET:
-                self.done(*self.writer.finalize())
+                self.done(self.writer)
                 self.writer = PackWriter(self.repo.sealer)
 
 
 class _NewChunks:
     """The chunks one write must store: those the index lacks, each once, packed and put as found.
 
-    Each pack is put as soon as it is full, while the next one fills (one
-    put in flight), so a big snapshot never holds all its compressed chunks
-    in memory at once.
+    Each full pack is finalized (joined and hashed) and put on the pool while
+    the next one fills, one at a time, so a big snapshot never holds all its
+    compressed chunks in memory at once.
     """
 
     def __init__(self, repo: Repository):
         self.repo = repo
         self.queued: set[bytes] = set()
-        self.packs: list[tuple[bytes, int, list[PackEntry]]] = []
-        self.putting: Future | None = None
+        self.puts: list[Future] = []
         self.packer = _Packer(repo, self._put)
 
     def add(self, hashes: list[bytes], chunks: dict[bytes, tuple[memoryview, int]], kind: int) -> None:
@@ -699,15 +699,17 @@ class _NewChunks:
     def finish(self) -> list[tuple[bytes, int, list[PackEntry]]]:
         """Store the rest and wait until every pack is durable: (pack id, size, entries) per pack."""
         self.packer.finish()
-        if self.putting is not None:
-            self.putting.result()
-        return self.packs
+        return [put.result() for put in self.puts]
 
-    def _put(self, pack_id: bytes, data: bytes, entries: list[PackEntry]) -> None:
-        if self.putting is not None:
-            self.putting.result()
-        self.putting = self.repo.pool.submit(self.repo.backend.put, pack_key(pack_id), data)
-        self.packs.append((pack_id, len(data), entries))
+    def _put(self, writer: PackWriter) -> None:
+        if len(self.puts) >= PUTS_AHEAD:
+            self.puts[-PUTS_AHEAD].result()
+        self.puts.append(self.repo.pool.submit(self._finalize_and_put, writer))
+
+    def _finalize_and_put(self, writer: PackWriter) -> tuple[bytes, int, list[PackEntry]]:
+        pack_id, data, entries = writer.finalize()
+        self.repo.backend.put(pack_key(pack_id), data)
+        return pack_id, len(data), entries
 
 
 def read_pack_trailer(backend: Backend, key: str, sealer: crypto.Sealer = crypto.NULL_SEALER
