@@ -689,8 +689,9 @@ class _NewChunks:
         """Queue those of hashes the repository lacks; ReuseError if one of them has no data in chunks."""
         todo = [h for h in dict.fromkeys(hashes) if h not in self.queued]
         missing = self.repo.index.missing(todo)
-        if not missing.issubset(chunks):
-            raise ReuseError(f"{len(missing - chunks.keys())} reused chunks are no longer stored")
+        lost = missing.difference(chunks)   # a set minus a dict looks each element up: O(len(missing))
+        if lost:
+            raise ReuseError(f"{len(lost)} reused chunks are no longer stored")
         for h in todo:
             if h in missing:
                 self.queued.add(h)
