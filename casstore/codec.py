@@ -15,7 +15,8 @@ with its item count, so inline, every appended message would rewrite the
 chunk holding that header. The encoder also records where each item ends, so
 the chunker cuts such a stream only between items (see chunker.cut_items):
 an append adds chunks without rewriting any, and a message's chunk is the
-same in every list it is an item of.
+same in every list it is an item of. Lists of tiny items (numbers, tokens)
+are packed whole and cut by FastCDC instead (see list_stream).
 
 Outside lists, strings and bytes of at least MEDIUM_LEAF bytes (a memory
 block, a system prompt) become blobs too, chunked like the structure: the
@@ -51,6 +52,7 @@ from .errors import SerializationError
 BIG_LEAF = 64 * 1024  # leaves at least this large become their own blobs
 MEDIUM_LEAF = 1024  # str/bytes at least this large, outside lists, become blobs chunked like the structure
 LIST_STREAM = 1024  # lists (outside lists) whose items encode to at least this many bytes get their own stream
+TINY_ITEM, TINY_SAMPLE = 64, 64  # a list whose first TINY_SAMPLE items pack to < TINY_ITEM bytes each on average
 
 EXT_TUPLE = 1
 EXT_SET = 2
@@ -297,15 +299,26 @@ class _Encoder:
         """A list as its own stream of packed items (with their end offsets); short ones stay inline.
 
         Packing item by item (a C-level map, no Python per item) gives the
-        same bytes as packing the list, minus the array header.
+        same bytes as packing the list, minus the array header. A list whose
+        first items are tiny (token ids, a vector as floats) is packed whole
+        instead, ten times faster, and cut by FastCDC: an item boundary per
+        few bytes buys nothing there. Deciding on the first items keeps the
+        choice stable while the list grows.
         """
+        head = sum(map(len, map(self.packer.pack, items[:TINY_SAMPLE])))
+        if head < TINY_ITEM * min(len(items), TINY_SAMPLE):
+            packed = msgpack.packb(items, use_bin_type=True)
+            header = 1 if len(items) < 16 else 3 if len(items) < 1 << 16 else 5  # fixarray / array16 / array32
+            return self.stream(items, memoryview(packed)[header:], None)
         parts = list(map(self.packer.pack, items))
         ends = list(accumulate(map(len, parts)))
-        if not ends or ends[-1] < LIST_STREAM:
+        return self.stream(items, memoryview(b"".join(parts)), ends)
+
+    def stream(self, items: list, view: memoryview, ends: list[int] | None) -> Any:
+        if view.nbytes < LIST_STREAM:
             return items
-        view = memoryview(b"".join(parts))
         ref = self.ext(EXT_LIST, [self.region, view.nbytes, len(items)])
-        self.blobs.append(Blob(view, item_ends=ends))
+        self.blobs.append(Blob(view, small_chunks=ends is None, item_ends=ends))
         self.region += view.nbytes
         return ref
 

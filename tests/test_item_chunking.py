@@ -106,6 +106,17 @@ def test_new_leaves_and_list_streams_round_trip(store):
     assert deep_equal(store.restore(store.snapshot(state).id), state)
 
 
+def test_a_list_of_tiny_items_is_packed_whole_and_cut_by_fastcdc(store):
+    rng = random.Random(9)
+    state = {"tokens": [rng.randrange(50000) for _ in range(20000)], "floats": [rng.random() for _ in range(3000)],
+             "few": list(range(10)), "keys": {"k" * 2000: {text(rng, 1500)}, "t": ([text(rng, 30)] * 100, 1)}}
+    _, blobs = codec.encode(state)
+    tokens = blobs[0]
+    assert tokens.item_ends is None and tokens.small_chunks
+    assert bytes(tokens.data) == msgpack.packb(state["tokens"])[3:]   # the items, without the array16 header
+    assert deep_equal(store.restore(store.snapshot(state).id), state)
+
+
 def test_list_items_hold_no_references_but_to_big_leaves():
     """A reference inside an item names a blob-region offset, which moves when anything before it grows."""
     rng = random.Random(7)
