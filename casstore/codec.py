@@ -14,8 +14,8 @@ array header, with the count kept in the reference. A msgpack array starts
 with its item count, so inline, every appended message would rewrite the
 chunk holding that header. The encoder also records where each item ends, so
 the chunker cuts such a stream only between items (see chunker.cut_items):
-an append adds chunks without rewriting any, and a message's chunk is the
-same in every list it is an item of. Lists of tiny items (numbers, tokens)
+an append adds chunks without rewriting any, and a message of 1 KiB or more
+is the same chunk in every list it is an item of. Lists of tiny items (numbers, tokens)
 are packed whole and cut by FastCDC instead (see list_stream).
 
 Outside lists, strings and bytes of at least MEDIUM_LEAF bytes (a memory

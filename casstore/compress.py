@@ -41,10 +41,6 @@ class Codec:
             self._local.ctx = ctx
         return ctx
 
-    def compress(self, data: memoryview, itemsize: int = 0) -> tuple[int, bytes | memoryview]:
-        """Return (method, stored bytes) for one chunk."""
-        return self.compress_many([data], [itemsize])[0]
-
     def compress_many(self, chunks: list[memoryview], itemsizes: list[int]) -> list[tuple[int, bytes | memoryview]]:
         """(method, stored bytes) for each chunk, each its own zstd frame.
 

@@ -14,8 +14,8 @@ Two policies, chosen by the shape of the data:
   of at least `item_min` bytes is a chunk of its own, smaller items are
   grouped by a content-defined rule on the items' own bytes. Appending an
   item then never rewrites the chunks of the items before it, an item
-  edited in place changes only its own chunk, and the same message yields
-  the same chunk in any list it is an item of.
+  edited in place changes only its own chunk, and the same message (of
+  item_min bytes or more) yields the same chunk in any list it is an item of.
 """
 
 from __future__ import annotations
