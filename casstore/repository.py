@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, defaultdict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -278,13 +278,13 @@ class Repository:
         with self._lock:
             self._refresh_marks(max_age=self.config.gc_grace / 2)
             checked = time.monotonic()
-            new = _NewChunks(self)
-            new.add([h for s in streams if s.entries is not None for h, _ in s.entries], {}, KIND_DATA)
-            entries, chunks = self._chunk_streams(streams, lambda hashes, chunks: new.add(hashes, chunks, KIND_DATA))
-            root, height, nodes = tree.build(entries, self.hasher)
-            chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
-            new.add([h for h, _ in nodes], chunks, KIND_NODE)
-            packs = new.finish()
+            with _NewChunks(self) as new:
+                new.add([h for s in streams if s.entries is not None for h, _ in s.entries], {}, KIND_DATA)
+                entries, chunks = self._chunk_streams(streams, lambda hs, chunks: new.add(hs, chunks, KIND_DATA))
+                root, height, nodes = tree.build(entries, self.hasher)
+                chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
+                new.add([h for h, _ in nodes], chunks, KIND_NODE)
+                packs = new.finish()
             head = self.index.head(agent_id, session_id)
             fields = {
                 "v": manifest.VERSION, "kind": kind, "agent": agent_id, "session": session_id,
@@ -309,10 +309,10 @@ class Repository:
         and may be deleting now: store fresh copies of whatever is now doomed (see gc.py)."""
         self._refresh_marks(max_age=0.0)
         try:
-            new = _NewChunks(self)
-            new.add(data, chunks, KIND_DATA)
-            new.add(nodes, chunks, KIND_NODE)
-            return new.finish()
+            with _NewChunks(self) as new:
+                new.add(data, chunks, KIND_DATA)
+                new.add(nodes, chunks, KIND_NODE)
+                return new.finish()
         except ReuseError:
             self.backend.delete(manifest_key(snap_id))
             raise
@@ -675,8 +675,10 @@ class _NewChunks:
     """The chunks one write must store: those the index lacks, each once, packed and put as found.
 
     Each full pack is finalized (joined and hashed) and put on the pool while
-    the next one fills, one at a time, so a big snapshot never holds all its
-    compressed chunks in memory at once.
+    the next one fills, at most PUTS_AHEAD at a time, so a big snapshot never
+    holds all its compressed chunks in memory at once. Used as a context
+    manager, it waits for every put on the way out, failure or not: no thread
+    still writes a pack when the caller goes on.
     """
 
     def __init__(self, repo: Repository):
@@ -700,7 +702,14 @@ class _NewChunks:
     def finish(self) -> list[tuple[bytes, int, list[PackEntry]]]:
         """Store the rest and wait until every pack is durable: (pack id, size, entries) per pack."""
         self.packer.finish()
+        wait(self.puts)
         return [put.result() for put in self.puts]
+
+    def __enter__(self) -> "_NewChunks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wait(self.puts)
 
     def _put(self, writer: PackWriter) -> None:
         if len(self.puts) >= PUTS_AHEAD:
