@@ -9,7 +9,9 @@ and zstd finds them.
 
 from __future__ import annotations
 
+import os
 import threading
+from typing import Any
 
 import zstandard
 
@@ -20,13 +22,16 @@ ZSTD = 1
 ZSTD_SHUFFLE = 2
 
 MAX_CHUNK = 64 << 20  # no chunk is larger; a header claiming more is refused
+MULTI_MIN = 256 << 10  # raw bytes from which compress_many spreads chunks over threads
+_MULTI = zstandard.backend == "cext"  # multi_compress_to_buffer is in the C backend only
 
 
 class Codec:
     """Thread-safe compress/decompress; zstd contexts are kept per thread."""
 
-    def __init__(self, level: int = 3):
+    def __init__(self, level: int = 3, threads: int | None = None):
         self.level = level
+        self.threads = threads or os.cpu_count() or 1
         self._local = threading.local()
 
     def _ctx(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
@@ -36,18 +41,23 @@ class Codec:
             self._local.ctx = ctx
         return ctx
 
-    def compress(self, data: memoryview, itemsize: int = 0) -> tuple[int, bytes | memoryview]:
-        """Return (method, stored bytes) for one chunk."""
+    def compress_many(self, chunks: list[memoryview], itemsizes: list[int]) -> list[tuple[int, bytes | memoryview]]:
+        """(method, stored bytes) for each chunk, each its own zstd frame.
+
+        Many chunks go to zstd in one call that compresses them on `threads`
+        C threads without holding the GIL, so a Python thread meanwhile keeps
+        chunking and hashing (a pool of Python threads would instead hand the
+        GIL back and forth around every small chunk).
+        """
+        shuffled = [itemsize > 1 and len(c) % itemsize == 0 and len(c) >= 256 for c, itemsize in zip(chunks, itemsizes)]
+        inputs = [shuffle(c, itemsize) if s else c for c, itemsize, s in zip(chunks, itemsizes, shuffled)]
         comp = self._ctx()[0]
-        if itemsize > 1 and len(data) % itemsize == 0 and len(data) >= 256:
-            out = comp.compress(shuffle(data, itemsize))
-            method = ZSTD_SHUFFLE
+        if _MULTI and self.threads > 1 and len(inputs) > 1 and sum(map(len, inputs)) >= MULTI_MIN:
+            outs: Any = map(memoryview, comp.multi_compress_to_buffer(inputs, threads=self.threads))
         else:
-            out = comp.compress(data)
-            method = ZSTD
-        if len(out) >= len(data):
-            return RAW, data
-        return method, out
+            outs = [comp.compress(c) for c in inputs]
+        return [(RAW, c) if len(out) >= len(c) else (ZSTD_SHUFFLE if s else ZSTD, out)
+                for c, s, out in zip(chunks, shuffled, outs)]
 
     def decompress(self, method: int, stored: bytes | memoryview, raw_len: int, itemsize: int = 0) -> bytes | memoryview:
         """Inverse of compress; refuses outputs that differ from raw_len (bomb guard)."""

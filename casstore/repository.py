@@ -1,8 +1,9 @@
 """The repository: the write path and the read path over backend, packs and index.
 
 Write: cut each stream into chunks -> BLAKE3 -> ask the index which are new
--> compress the new ones on a thread pool -> pack them with the new tree
-nodes -> put the packs -> put the manifest -> commit the index in one LMDB
+-> compress the new ones (zstd on all cores, while this thread goes on
+cutting and hashing) -> pack them with the new tree nodes -> put each pack
+as it fills -> put the manifest -> commit the index in one LMDB
 transaction. The manifest is written only after every pack it needs is
 durable, so a crash leaves at most unreferenced packs (which gc removes).
 
@@ -25,10 +26,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from . import crypto, manifest, tree
 from .backend import Backend
@@ -53,7 +54,9 @@ MAX_READ = 16 << 20         # ...but keep one ranged read below this size
 # (botocore keeps 10 connections unless max_pool_connections is raised).
 REMOTE_READ_WORKERS = 16
 LOCAL_BATCH = 4 << 20       # stored bytes per reading thread for a local repository (less: read inline)
-WORK_BATCH = 1 << 20        # raw bytes per pool task when compressing
+COMPRESS_BATCH = 8 << 20    # raw bytes per compression task (zstd spreads each over the cores)
+COMPRESS_AHEAD = 2          # compression tasks in flight at once: bounds the compressed bytes held
+PUTS_AHEAD = 2              # packs being finalized and put at once while the next fills
 
 
 def pack_key(pack_id: bytes) -> str:
@@ -85,6 +88,7 @@ class Stream:
     A stream known to be unchanged since an earlier snapshot may give its
     chunk list as `entries` instead of data; write() then checks the chunks
     are still stored and raises ReuseError if not, so the caller re-reads.
+    A list stream gives `item_ends` (where each item ends) and is cut only there.
     """
 
     data: memoryview | None
@@ -92,6 +96,7 @@ class Stream:
     itemsize: int = 0
     structure: bool = False
     entries: list[tree.Entry] | None = None
+    item_ends: list[int] | None = None
 
 
 Sink = Callable[[bytes, bytes | memoryview], None]   # gets each loaded chunk: (hash, verified bytes)
@@ -274,15 +279,21 @@ class Repository:
     # write path ---------------------------------------------------------
     def write(self, kind: str, streams: list[Stream], *, agent_id: str, session_id: str,
               description: str | None, metadata: dict | None) -> tuple[bytes, dict]:
-        """Store one snapshot made of streams (structure first, never reused); return (id, manifest fields)."""
-        entries, chunks = self._chunk_streams(streams)
-        root, height, nodes = tree.build(entries, self.hasher)
-        chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
-        wanted = [h for h, _ in entries] + [h for h, _ in nodes]
+        """Store one snapshot made of streams (structure first, never reused); return (id, manifest fields).
+
+        The chunks a stream adds are compressed and packed while later streams
+        are still cut and hashed (see _NewChunks), so zstd and chunking share the cores.
+        """
         with self._lock:
             self._refresh_marks(max_age=self.config.gc_grace / 2)
             checked = time.monotonic()
-            packs = self._store_missing(wanted, chunks, set(h for h, _ in nodes))
+            with _NewChunks(self) as new:
+                new.add([h for s in streams if s.entries is not None for h, _ in s.entries], {}, KIND_DATA)
+                entries, chunks = self._chunk_streams(streams, lambda hs, chunks: new.add(hs, chunks, KIND_DATA))
+                root, height, nodes = tree.build(entries, self.hasher)
+                chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
+                new.add([h for h, _ in nodes], chunks, KIND_NODE)
+                packs = new.finish()
             head = self.index.head(agent_id, session_id)
             fields = {
                 "v": manifest.VERSION, "kind": kind, "agent": agent_id, "session": session_id,
@@ -296,46 +307,25 @@ class Repository:
             self.backend.put(manifest_key(snap_id), self.seal_manifest(snap_id, data))
             if time.monotonic() - checked > self.config.gc_grace / 2:
                 written = {e.hash for _, _, ents in packs for e in ents}
-                packs += self._repair_slow_write(snap_id, [h for h in wanted if h not in written], chunks,
-                                                 set(h for h, _ in nodes))
+                wanted = [h for h, _ in entries if h not in written]
+                packs += self._repair_slow_write(snap_id, wanted, [h for h, _ in nodes if h not in written], chunks)
             self.index.commit(packs, [(snap_id, fields)])
             self._cache_written(chunks, packs)
             return snap_id, fields
 
-    def _repair_slow_write(self, snap_id: bytes, wanted: list[bytes], chunks: dict[bytes, tuple],
-                           node_hashes: set[bytes]) -> list[tuple[bytes, int, list[PackEntry]]]:
+    def _repair_slow_write(self, snap_id: bytes, data: list[bytes], nodes: list[bytes], chunks: dict[bytes, tuple]
+                           ) -> list[tuple[bytes, int, list[PackEntry]]]:
         """A write slower than grace/2 may have deduplicated against a pack gc condemned meanwhile
         and may be deleting now: store fresh copies of whatever is now doomed (see gc.py)."""
         self._refresh_marks(max_age=0.0)
         try:
-            return self._store_missing(wanted, chunks, node_hashes)
+            with _NewChunks(self) as new:
+                new.add(data, chunks, KIND_DATA)
+                new.add(nodes, chunks, KIND_NODE)
+                return new.finish()
         except ReuseError:
             self.backend.delete(manifest_key(snap_id))
             raise
-
-    def _store_missing(self, wanted: list[bytes], chunks: dict[bytes, tuple], node_hashes: set[bytes]
-                       ) -> list[tuple[bytes, int, list[PackEntry]]]:
-        """Pack and put whatever of wanted the repository lacks; return (pack id, size, entries) per pack.
-
-        Each pack is put as soon as it is full, while the next one is compressed
-        (one put in flight), so a big snapshot never holds all its compressed
-        chunks in memory at once.
-        """
-        missing = self.index.missing(wanted)
-        if not missing.issubset(chunks):
-            raise ReuseError(f"{len(missing - chunks.keys())} reused chunks are no longer stored")
-        todo = [(h, *chunks[h], KIND_NODE if h in node_hashes else KIND_DATA)
-                for h in dict.fromkeys(wanted) if h in missing]
-        written: list[tuple[bytes, int, list[PackEntry]]] = []
-        in_flight = None
-        for pack_id, data, entries in self._pack(todo):
-            if in_flight is not None:
-                in_flight.result()
-            in_flight = self.pool.submit(self.backend.put, pack_key(pack_id), data)
-            written.append((pack_id, len(data), entries))
-        if in_flight is not None:
-            in_flight.result()
-        return written
 
     def _refresh_marks(self, max_age: float) -> None:
         """Know gc's condemned packs no later than max_age ago, so dedup never trusts a doomed pack."""
@@ -347,67 +337,59 @@ class Repository:
         self.index.set_condemned({p: time.time() for p in listed - known.keys()}, clear=known.keys() - listed)
         self._marks_seen = seen
 
-    def _chunk_streams(self, streams: list[Stream]) -> tuple[list[tree.Entry], dict[bytes, tuple]]:
+    def _chunk_streams(self, streams: list[Stream], found: Callable[[list[bytes], dict], None]
+                       ) -> tuple[list[tree.Entry], dict[bytes, tuple[memoryview, int]]]:
+        """Cut and hash the streams: (entries in order, hash -> (data, itemsize)).
+
+        found(hashes, chunks so far) gets the hashes first seen here about every
+        COMPRESS_BATCH bytes, so that they can be stored while cutting goes on.
+        """
         entries: list[tree.Entry] = []
-        chunks: dict[bytes, tuple] = {}
+        chunks: dict[bytes, tuple[memoryview, int]] = {}
         digest = self.hasher
+        fresh: list[bytes] = []
+        load = 0
         for s in streams:
             if s.entries is not None:
                 entries.extend(s.entries)
                 continue
-            spans = self.chunker.cut_structure(s.data) if s.structure else self.chunker.cut_blob(s.data, s.row_bytes)
-            for off, n in spans:
+            for off, n in self._cut(s):
                 view = s.data[off:off + n]
                 h = digest(view)
                 entries.append((h, n))
                 if h not in chunks:
                     chunks[h] = (view, s.itemsize)
+                    fresh.append(h)
+                    load += n
+                    if load >= COMPRESS_BATCH:
+                        found(fresh, chunks)
+                        fresh, load = [], 0
+        if fresh:
+            found(fresh, chunks)
         return entries, chunks
 
-    def _pack(self, todo: list[tuple[bytes, memoryview, int, int]]) -> Iterator[tuple[bytes, bytes, list[PackEntry]]]:
-        """Compress (hash, data, itemsize, kind) items in parallel; yield packs of about PACK_TARGET bytes as they fill."""
-        if not todo:
-            return
+    def _cut(self, s: Stream) -> list[tuple[int, int]]:
+        if s.item_ends is not None:
+            return self.chunker.cut_items(s.data, s.item_ends)
+        if s.structure:
+            return self.chunker.cut_structure(s.data)
+        return self.chunker.cut_blob(s.data, s.row_bytes)
 
-        sealed = self.sealer.encrypted
+    def _pack(self, todo: list[tuple[bytes, memoryview, int, int]]) -> list[tuple[bytes, bytes, list[PackEntry]]]:
+        """Compress (hash, data, itemsize, kind) items; return packs of about PACK_TARGET bytes."""
+        packs: list[tuple[bytes, bytes, list[PackEntry]]] = []
+        packer = _Packer(self, lambda writer: packs.append(writer.finalize()))
+        for job in todo:
+            packer.add(job)
+        packer.finish()
+        return packs
 
-        def compress(job: tuple) -> tuple:
-            h, view, itemsize, kind = job
-            method, stored = self.codec.compress(view, itemsize)
-            if sealed:
-                stored = self.sealer.seal(stored, h)
-            return h, kind, method, itemsize, stored, len(view)
-
-        writer = PackWriter(self.sealer)
-        for window in _windows(todo, PACK_TARGET, lambda job: len(job[1])):
-            for h, kind, method, itemsize, stored, raw_len in self._map_batched(compress, window,
-                                                                                lambda job: len(job[1])):
-                writer.add(h, kind, method, itemsize, stored, raw_len)
-                if writer.size >= PACK_TARGET:
-                    yield writer.finalize()
-                    writer = PackWriter(self.sealer)
-        if len(writer):
-            yield writer.finalize()
-
-    def _map_batched(self, fn: Callable, items: list, weight: Callable[[Any], int]) -> list:
-        """fn over items on the pool, in tasks of about WORK_BATCH bytes, results in order.
-
-        zstd and BLAKE3 release the GIL, so the pool spreads them over the cores;
-        but a pool task costs tens of microseconds, more than compressing one
-        small chunk, so items are handed over in batches.
-        """
-        batches: list[list] = [[]]
-        load = 0
-        for item in items:
-            batches[-1].append(item)
-            load += weight(item)
-            if load >= WORK_BATCH:
-                batches.append([])
-                load = 0
-        batches = [b for b in batches if b]
-        if len(batches) <= 1:
-            return [fn(item) for item in items]
-        return [r for done in self.pool.map(lambda batch: [fn(item) for item in batch], batches) for r in done]
+    def _compress(self, jobs: list[tuple[bytes, memoryview, int, int]]) -> list[tuple]:
+        """(hash, kind, method, itemsize, stored bytes, raw length) per job: zstd, then sealed if encrypted."""
+        out = self.codec.compress_many([view for _, view, _, _ in jobs], [itemsize for _, _, itemsize, _ in jobs])
+        seal = self.sealer.seal if self.sealer.encrypted else None
+        return [(h, kind, method, itemsize, seal(stored, h) if seal else stored, len(view))
+                for (h, view, itemsize, kind), (method, stored) in zip(jobs, out)]
 
     # read path ----------------------------------------------------------
     def drop_caches(self) -> None:
@@ -700,16 +682,102 @@ def _coalesce(locs: dict[bytes, Location]) -> list[Range]:
     return ranges
 
 
-def _windows(items: list, size: int, weight: Callable[[Any], int]) -> Iterator[list]:
-    """Consecutive slices of items weighing about size each."""
-    start, load = 0, 0
-    for i, item in enumerate(items):
-        load += weight(item)
-        if load >= size:
-            yield items[start:i + 1]
-            start, load = i + 1, 0
-    if start < len(items):
-        yield items[start:]
+class _Packer:
+    """Compresses chunks on the pool while the caller goes on, and hands out packs as they fill.
+
+    Jobs (hash, raw view, itemsize, kind) come in order; every COMPRESS_BATCH
+    raw bytes become one pool task, which zstd runs in its own threads without
+    the GIL (Codec.compress_many), so the caller's chunking and hashing go on
+    alongside. At most COMPRESS_AHEAD tasks are in flight, which bounds the
+    compressed bytes held in memory. done() gets each full PackWriter (about
+    PACK_TARGET stored bytes), in order, to finalize.
+    """
+
+    def __init__(self, repo: Repository, done: Callable[[PackWriter], None]):
+        self.repo = repo
+        self.done = done
+        self.writer = PackWriter(repo.sealer)
+        self.batch: list[tuple[bytes, memoryview, int, int]] = []
+        self.load = 0
+        self.tasks: deque[Future] = deque()
+
+    def add(self, job: tuple[bytes, memoryview, int, int]) -> None:
+        self.batch.append(job)
+        self.load += len(job[1])
+        if self.load >= COMPRESS_BATCH:
+            self.tasks.append(self.repo.pool.submit(self.repo._compress, self.batch))
+            self.batch, self.load = [], 0
+            while self.tasks and (len(self.tasks) > COMPRESS_AHEAD or self.tasks[0].done()):
+                self._fill(self.tasks.popleft().result())
+
+    def finish(self) -> None:
+        """Compress what is left (here, when it is all there is) and hand out the last pack."""
+        while self.tasks:
+            self._fill(self.tasks.popleft().result())
+        if self.batch:
+            self._fill(self.repo._compress(self.batch))
+            self.batch, self.load = [], 0
+        if len(self.writer):
+            self.done(self.writer)
+            self.writer = PackWriter(self.repo.sealer)
+
+    def _fill(self, stored: list[tuple]) -> None:
+        for h, kind, method, itemsize, data, raw_len in stored:
+            self.writer.add(h, kind, method, itemsize, data, raw_len)
+            if self.writer.size >= PACK_TARGET:
+                self.done(self.writer)
+                self.writer = PackWriter(self.repo.sealer)
+
+
+class _NewChunks:
+    """The chunks one write must store: those the index lacks, each once, packed and put as found.
+
+    Each full pack is finalized (joined and hashed) and put on the pool while
+    the next one fills, at most PUTS_AHEAD at a time, so a big snapshot never
+    holds all its compressed chunks in memory at once. Used as a context
+    manager, it waits for every put on the way out, failure or not: no thread
+    still writes a pack when the caller goes on.
+    """
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.queued: set[bytes] = set()
+        self.puts: list[Future] = []
+        self.packer = _Packer(repo, self._put)
+
+    def add(self, hashes: list[bytes], chunks: dict[bytes, tuple[memoryview, int]], kind: int) -> None:
+        """Queue those of hashes the repository lacks; ReuseError if one of them has no data in chunks."""
+        todo = [h for h in dict.fromkeys(hashes) if h not in self.queued]
+        missing = self.repo.index.missing(todo)
+        lost = missing.difference(chunks)   # a set minus a dict looks each element up: O(len(missing))
+        if lost:
+            raise ReuseError(f"{len(lost)} reused chunks are no longer stored")
+        for h in todo:
+            if h in missing:
+                self.queued.add(h)
+                self.packer.add((h, *chunks[h], kind))
+
+    def finish(self) -> list[tuple[bytes, int, list[PackEntry]]]:
+        """Store the rest and wait until every pack is durable: (pack id, size, entries) per pack."""
+        self.packer.finish()
+        wait(self.puts)
+        return [put.result() for put in self.puts]
+
+    def __enter__(self) -> "_NewChunks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wait(self.puts)
+
+    def _put(self, writer: PackWriter) -> None:
+        if len(self.puts) >= PUTS_AHEAD:
+            self.puts[-PUTS_AHEAD].result()
+        self.puts.append(self.repo.pool.submit(self._finalize_and_put, writer))
+
+    def _finalize_and_put(self, writer: PackWriter) -> tuple[bytes, int, list[PackEntry]]:
+        pack_id, data, entries = writer.finalize()
+        self.repo.backend.put(pack_key(pack_id), data)
+        return pack_id, len(data), entries
 
 
 def read_pack_trailer(backend: Backend, key: str, sealer: crypto.Sealer = crypto.NULL_SEALER

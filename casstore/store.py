@@ -112,7 +112,8 @@ class Store:
         started = time.perf_counter()
         structure, blobs = codec.encode(state, allow_pickle=allow_pickle)
         streams = [Stream(memoryview(structure), structure=True)]
-        streams += [Stream(b.data, b.row_bytes, b.itemsize, structure=b.small_chunks) for b in blobs]
+        streams += [Stream(b.data, b.row_bytes, b.itemsize, structure=b.small_chunks, item_ends=b.item_ends)
+                    for b in blobs]
         snap_id, fields = self._repo.write("state", streams, agent_id=agent_id, session_id=session_id,
                                            description=description, metadata=metadata)
         info = SnapshotInfo.from_fields(snap_id, fields)

@@ -9,12 +9,21 @@ Two policies, chosen by the shape of the data:
 * Arrays are cut at whole-row boundaries into fixed blocks: an appended row
   adds blocks at the end and an overwritten row changes one block, with no
   rolling hash to compute.
+* List streams (a conversation's messages, tool results) are cut only
+  between items, where the codec says items end (see `cut_items`): an item
+  of at least `item_min` bytes is a chunk of its own, smaller items are
+  grouped by a content-defined rule on the items' own bytes. Appending an
+  item then never rewrites the chunks of the items before it, an item
+  edited in place changes only its own chunk, and the same message (of
+  item_min bytes or more) yields the same chunk in any list it is an item of.
 """
 
 from __future__ import annotations
 
+import zlib
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from pyfastcdc import FastCDC
 
@@ -45,6 +54,7 @@ BLOB_CDC = CDCParams(4096, 16384, 65536)
 ARRAY_BLOCK = 16384          # target bytes per row block for arrays below ARRAY_BIG
 ARRAY_BIG = 256 << 20        # bigger arrays use ARRAY_BLOCK_BIG to keep chunk counts sane
 ARRAY_BLOCK_BIG = 262144
+ITEM_SELECT = 3              # a small item ends a group when the CRC-32 of its bytes has these bits zero (1 in 4)
 
 
 class Chunker:
@@ -58,6 +68,59 @@ class Chunker:
 
     def cut_structure(self, buf: memoryview) -> list[tuple[int, int]]:
         return _cut(self._cdc_structure, buf)
+
+    @property
+    def item_min(self) -> int:
+        """List items at least this large are chunks of their own; groups of smaller ones reach it first."""
+        return 2 * self.structure.min_size
+
+    def cut_items(self, buf: memoryview, ends: Sequence[int]) -> list[tuple[int, int]]:
+        """Chunk a list stream whose item i ends at ends[i], cutting only between items.
+
+        An item of at least item_min bytes is a chunk by itself; one larger than
+        the blob max_size (rare: strings that big left the item as blobs) is cut
+        inside with the blob parameters. Runs of smaller items are grouped (see
+        _group_items). Python works per run of small items, not per item.
+        """
+        import numpy as np  # only list streams need it
+        ends_a = np.asarray(ends, dtype=np.int64)
+        sizes = np.diff(ends_a, prepend=0)
+        starts = (ends_a - sizes).tolist()
+        # Items needing more than a span of their own: the small ones and the huge ones.
+        special = np.flatnonzero((sizes < self.item_min) | (sizes > self.blob.max_size)).tolist()
+        spans: list[tuple[int, int]] = []
+        done = 0   # items before this index have spans
+        k = 0
+        while k < len(special):
+            i = special[k]
+            spans += zip(starts[done:i], sizes[done:i].tolist())
+            if sizes[i] > self.blob.max_size:
+                spans += [(starts[i] + off, n) for off, n in self.cut_blob(buf[starts[i]:ends[i]])]
+                done, k = i + 1, k + 1
+                continue
+            run = k   # a run of consecutive small items: special[run..k-1]
+            while k < len(special) and special[k] == i + k - run and sizes[special[k]] < self.item_min:
+                k += 1
+            done = i + k - run
+            spans += self._group_items(buf, ends, i, done)
+        spans += zip(starts[done:], sizes[done:].tolist())
+        return spans
+
+    def _group_items(self, buf: memoryview, ends: Sequence[int], first: int, stop: int) -> list[tuple[int, int]]:
+        """Spans over the small items first..stop-1: a group ends after the first item that takes it
+        to item_min bytes or more and whose CRC-32 selects it, or at the last item that keeps it
+        within max_size, or at the end of the run. The rule reads only the items' own bytes, so an
+        insertion shifts the cuts up to the next selected item and no further."""
+        lo, hi = self.item_min, self.structure.max_size
+        spans = []
+        start = ends[first - 1] if first else 0
+        while first < stop:
+            last = bisect_right(ends, start + hi, first, stop) - 1
+            cut = next((i for i in range(bisect_left(ends, start + lo, first, stop), last + 1)
+                        if zlib.crc32(buf[ends[i - 1] if i else 0:ends[i]]) & ITEM_SELECT == 0), last)
+            spans.append((start, ends[cut] - start))
+            start, first = ends[cut], cut + 1
+        return spans
 
     def cut_blob(self, buf: memoryview, row_bytes: int = 0) -> list[tuple[int, int]]:
         """Chunk a big leaf: row blocks when row_bytes > 0, FastCDC otherwise."""

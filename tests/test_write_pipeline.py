@@ -1,0 +1,57 @@
+"""A write bigger than a compression task and a pack: chunks are compressed while cutting goes on, packs put as they fill."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import casstore
+from casstore import crypto, repository
+
+from .helpers import deep_equal
+
+
+@pytest.fixture
+def small_batches(monkeypatch, tmp_path):
+    """Tasks of 256 KiB and packs of 1 MiB, so a few MB of state takes many of each; a cheap KDF."""
+    monkeypatch.setattr(repository, "COMPRESS_BATCH", 256 << 10)
+    monkeypatch.setattr(repository, "PACK_TARGET", 1 << 20)
+    monkeypatch.setattr(crypto, "SCRYPT_N", 1 << 12)
+    monkeypatch.setenv("CASSTORE_CACHE_DIR", str(tmp_path / "cache"))
+    real = crypto.wrap
+    monkeypatch.setattr(crypto, "wrap", lambda *a, n=None, **k: real(*a, n=1 << 12, **k))
+
+
+def big_state(seed: int) -> dict:
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijklmnop") for _ in range(rng.randint(2, 8))) for _ in range(2000)]
+    return {
+        "texts": [" ".join(rng.choice(words) for _ in range(40_000)) for _ in range(4)],
+        "noise": rng.randbytes(1 << 20),
+        "arrays": [np.random.default_rng(seed).standard_normal((4000, 64), dtype=np.float32) for _ in range(3)],
+        "messages": [{"role": "user", "content": " ".join(rng.choice(words) for _ in range(300))} for _ in range(300)],
+    }
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_a_write_of_many_tasks_and_packs_restores_and_verifies(tmp_path, small_batches, encrypt):
+    kw = {"password": "pw", "encrypt": True} if encrypt else {}
+    state = big_state(1)
+    with casstore.open(str(tmp_path / "repo"), **kw) as store:
+        info = store.snapshot(state)
+        packs = list((tmp_path / "repo" / "packs").rglob("*"))
+        assert len([p for p in packs if p.is_file()]) >= 3   # ~3.5 MB stored in packs of ~1 MiB
+        assert info.stored_size < info.raw_size   # the texts and arrays compressed, the noise stored raw
+        again = store.snapshot(state)
+        assert again.new_chunk_count == 0 and again.stored_size < 4096   # only the new tree root, if any
+        assert deep_equal(store.restore(info.id), state)
+        assert store.verify(deep=True).ok
+
+
+def test_chunks_that_compress_and_that_do_not_are_stored_by_the_right_method(tmp_path, small_batches):
+    with casstore.open(str(tmp_path / "repo")) as store:
+        store.snapshot(big_state(2))
+        methods = {loc.method for _, loc in store._repo.index.iter_chunks()}
+    assert methods >= {0, 1, 2}   # raw (the random bytes), zstd (text), zstd after byte shuffle (floats)
