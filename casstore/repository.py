@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
+from bisect import bisect_right
 import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -35,6 +36,7 @@ from . import crypto, manifest, tree
 from .backend import Backend
 from .cache import DEFAULT_CACHE_BYTES, ChunkCache
 from .chunker import Chunker
+from .chunker.memo import Known, StreamMemo
 from .compress import Codec
 from .config import RepoConfig, cache_dir
 from .errors import (AuthenticationError, ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError,
@@ -134,6 +136,7 @@ class Repository:
         self._lock = threading.RLock()
         self.cache = ChunkCache(cache_bytes)
         self._marks_seen = 0.0  # monotonic time of the last look at gc's condemned marks
+        self.memo = StreamMemo()
         owner = self.index.get_meta("repo_id")
         if owner not in (None, self.config.repo_id.encode()):
             raise ConfigurationError(f"index at {self.index_path} belongs to another repository; delete it or pass index_path")
@@ -289,7 +292,8 @@ class Repository:
             checked = time.monotonic()
             with _NewChunks(self) as new:
                 new.add([h for s in streams if s.entries is not None for h, _ in s.entries], {}, KIND_DATA)
-                entries, chunks = self._chunk_streams(streams, lambda hs, chunks: new.add(hs, chunks, KIND_DATA))
+                entries, chunks = self._chunk_streams(streams, lambda hs, chunks: new.add(hs, chunks, KIND_DATA),
+                                                      (agent_id, session_id))
                 root, height, nodes = tree.build(entries, self.hasher)
                 chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
                 new.add([h for h, _ in nodes], chunks, KIND_NODE)
@@ -337,23 +341,32 @@ class Repository:
         self.index.set_condemned({p: time.time() for p in listed - known.keys()}, clear=known.keys() - listed)
         self._marks_seen = seen
 
-    def _chunk_streams(self, streams: list[Stream], found: Callable[[list[bytes], dict], None]
-                       ) -> tuple[list[tree.Entry], dict[bytes, tuple[memoryview, int]]]:
+    def _chunk_streams(self, streams: list[Stream], found: Callable[[list[bytes], dict], None],
+                       lineage: tuple[str, str]) -> tuple[list[tree.Entry], dict[bytes, tuple[memoryview, int]]]:
         """Cut and hash the streams: (entries in order, hash -> (data, itemsize)).
 
         found(hashes, chunks so far) gets the hashes first seen here about every
         COMPRESS_BATCH bytes, so that they can be stored while cutting goes on.
+        A stream that starts like the same stream of the lineage's previous
+        snapshot reuses that start's spans and hashes (chunker/memo.py).
         """
         entries: list[tree.Entry] = []
         chunks: dict[bytes, tuple[memoryview, int]] = {}
         digest = self.hasher
         fresh: list[bytes] = []
         load = 0
-        for s in streams:
+        reused: list[tuple[Stream, Known]] = []
+        for pos, s in enumerate(streams):
             if s.entries is not None:
                 entries.extend(s.entries)
                 continue
-            for off, n in self._cut(s):
+            first, start = len(entries), 0
+            known = self.memo.lookup(lineage, pos, s.data) if s.row_bytes == 0 else None
+            if known is not None:
+                entries.extend(known.entries)
+                reused.append((s, known))
+                start = known.resume
+            for off, n in self._cut(s, start):
                 view = s.data[off:off + n]
                 h = digest(view)
                 entries.append((h, n))
@@ -364,16 +377,41 @@ class Repository:
                     if load >= COMPRESS_BATCH:
                         found(fresh, chunks)
                         fresh, load = [], 0
+            if s.row_bytes == 0:
+                self.memo.remember(lineage, pos, s.data, entries[first:])
         if fresh:
             found(fresh, chunks)
+        if reused and self.index.has_condemned():
+            self._recheck_reused(reused, chunks, found)
         return entries, chunks
 
-    def _cut(self, s: Stream) -> list[tuple[int, int]]:
+    def _recheck_reused(self, reused: list[tuple[Stream, Known]], chunks: dict[bytes, tuple[memoryview, int]],
+                        found: Callable[[list[bytes], dict], None]) -> None:
+        """Store again the reused chunks that sit only in packs gc condemned since (see gc.py).
+
+        Without condemned packs nothing is needed: the reused chunks were stored at
+        the previous snapshot and only gc, after condemning their pack, removes them.
+        """
+        lost = self.index.missing([h for _, known in reused for h, _ in known.entries]).difference(chunks)
+        if not lost:
+            return
+        for s, known in reused:
+            for (h, n), off in zip(known.entries, known.offsets()):
+                if h in lost:
+                    chunks[h] = (s.data[off:off + n], s.itemsize)
+        found(list(lost), chunks)
+
+    def _cut(self, s: Stream, start: int = 0) -> list[tuple[int, int]]:
+        """Spans of s from offset start (a cut of an earlier snapshot of the same stream) on."""
+        data = s.data[start:] if start else s.data
         if s.item_ends is not None:
-            return self.chunker.cut_items(s.data, s.item_ends)
-        if s.structure:
-            return self.chunker.cut_structure(s.data)
-        return self.chunker.cut_blob(s.data, s.row_bytes)
+            ends = s.item_ends if not start else [e - start for e in s.item_ends[bisect_right(s.item_ends, start):]]
+            spans = self.chunker.cut_items(data, ends)
+        elif s.structure:
+            spans = self.chunker.cut_structure(data)
+        else:
+            spans = self.chunker.cut_blob(data, s.row_bytes)
+        return [(off + start, n) for off, n in spans] if start else spans
 
     def _pack(self, todo: list[tuple[bytes, memoryview, int, int]]) -> list[tuple[bytes, bytes, list[PackEntry]]]:
         """Compress (hash, data, itemsize, kind) items; return packs of about PACK_TARGET bytes."""
@@ -626,6 +664,7 @@ class Repository:
             self.index.clear()
             self.index.set_meta("repo_id", self.config.repo_id.encode())
             self.cache.clear()
+            self.memo.forget()
             return self.sync()
 
     def _read_trailers(self, keys: list[str]) -> list[tuple[bytes, int, list[PackEntry]]]:

@@ -237,6 +237,11 @@ class Index:
                 out.add(_NUM_LE.pack(_PACK.unpack(known)[2]))
         return out
 
+    def has_condemned(self) -> bool:
+        """Whether gc condemned any pack this index knows."""
+        with self.env.begin() as txn:
+            return bool(self._condemned_nums(txn))
+
     def condemned(self) -> dict[bytes, float]:
         with self.env.begin(db=self._condemned) as txn:
             return {bytes(k): _TIME.unpack(v)[0] for k, v in txn.cursor()}
