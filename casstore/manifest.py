@@ -9,7 +9,11 @@ Fields: v (format), kind ("state" | "dir"), agent, session, parent (32 bytes
 or nil), index (position in the lineage), time (UNIX seconds), desc, meta
 (user metadata), root (32-byte tree root = Merkle root), height (tree
 levels), raw (logical bytes), struct (bytes of the structure stream; blobs
-follow it), chunks (data chunks), new_chunks, stored (new bytes written).
+follow it, or precede it when tail is true), chunks (data chunks), new_chunks,
+stored (new bytes written), tail (optional, default false; true: the
+structure stream comes last. State snapshots are written that way, so that a
+step that grows a list and changes the structure rewrites one path of the
+chunk tree, not two; snapshots written without it still read).
 
 In an encrypted repository the id is the repository's keyed BLAKE3 of the
 plaintext manifest bytes (so ids reveal nothing and stay stable when the
@@ -63,6 +67,8 @@ def decode(data: bytes, snap_id: bytes | None = None, digest: Callable[[bytes], 
         raise IntegrityError(f"snapshot {name}: unsupported manifest version {fields['v']} / kind {fields['kind']!r}")
     if len(fields["root"]) != 32 or not (fields.get("parent") is None or len(fields["parent"]) == 32):
         raise IntegrityError(f"snapshot {name}: root or parent is not a 32-byte hash")
+    if not isinstance(fields.get("tail", False), bool):
+        raise IntegrityError(f"snapshot {name}: manifest field 'tail' is not a bool")
     if not 0 <= fields["struct"] <= fields["raw"]:
         raise IntegrityError(f"snapshot {name}: structure length {fields['struct']} exceeds raw size {fields['raw']}")
     return fields

@@ -281,8 +281,13 @@ class Repository:
 
     # write path ---------------------------------------------------------
     def write(self, kind: str, streams: list[Stream], *, agent_id: str, session_id: str,
-              description: str | None, metadata: dict | None) -> tuple[bytes, dict]:
-        """Store one snapshot made of streams (structure first, never reused); return (id, manifest fields).
+              description: str | None, metadata: dict | None, structure_last: bool = False) -> tuple[bytes, dict]:
+        """Store one snapshot made of streams; return (id, manifest fields).
+
+        The structure stream (never reused) is the first stream, or the last one
+        with structure_last (recorded as the manifest field "tail"): a state's
+        structure changes at every snapshot and its blobs mostly grow at their
+        end, so with the structure last one path of the chunk tree changes, not two.
 
         The chunks a stream adds are compressed and packed while later streams
         are still cut and hashed (see _NewChunks), so zstd and chunking share the cores.
@@ -303,10 +308,13 @@ class Repository:
                 "v": manifest.VERSION, "kind": kind, "agent": agent_id, "session": session_id,
                 "parent": head[0] if head else None, "index": head[1]["index"] + 1 if head else 0,
                 "time": time.time(), "desc": description, "meta": metadata or {}, "root": root, "height": height,
-                "raw": sum(s for _, s in entries), "struct": len(streams[0].data), "chunks": len(entries),
+                "raw": sum(s for _, s in entries), "struct": len(streams[-1 if structure_last else 0].data),
+                "chunks": len(entries),
                 "new_chunks": sum(1 for _, _, ents in packs for e in ents if e.kind == KIND_DATA),
                 "stored": sum(size for _, size, _ in packs),
             }
+            if structure_last:
+                fields["tail"] = True
             snap_id, data = manifest.encode(fields, self.hasher)
             self.backend.put(manifest_key(snap_id), self.seal_manifest(snap_id, data))
             if time.monotonic() - checked > self.config.gc_grace / 2:

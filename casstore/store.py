@@ -111,11 +111,11 @@ class Store:
         """Store state; only chunks the repository lacks are written."""
         started = time.perf_counter()
         structure, blobs = codec.encode(state, allow_pickle=allow_pickle)
-        streams = [Stream(memoryview(structure), structure=True)]
-        streams += [Stream(b.data, b.row_bytes, b.itemsize, structure=b.small_chunks, item_ends=b.item_ends)
-                    for b in blobs]
+        streams = [Stream(b.data, b.row_bytes, b.itemsize, structure=b.small_chunks, item_ends=b.item_ends)
+                   for b in blobs]
+        streams.append(Stream(memoryview(structure), structure=True))
         snap_id, fields = self._repo.write("state", streams, agent_id=agent_id, session_id=session_id,
-                                           description=description, metadata=metadata)
+                                           description=description, metadata=metadata, structure_last=True)
         info = SnapshotInfo.from_fields(snap_id, fields)
         _log_op("snapshot", info, started)
         return info
@@ -154,7 +154,11 @@ class Store:
         except IntegrityError as e:
             raise IntegrityError(f"snapshot {snap_id.hex()}: {e}") from e
         view = memoryview(data)
-        state = codec.decode(view[:fields["struct"]], view[fields["struct"]:], allow_pickle=allow_pickle)
+        if fields.get("tail"):  # the structure stream is stored after the blobs
+            split = fields["raw"] - fields["struct"]
+            state = codec.decode(view[split:], view[:split], allow_pickle=allow_pickle)
+        else:
+            state = codec.decode(view[:fields["struct"]], view[fields["struct"]:], allow_pickle=allow_pickle)
         _log_op("restore", SnapshotInfo.from_fields(snap_id, fields), started)
         return state
 

@@ -51,3 +51,25 @@ def test_reused_chunks_left_only_in_condemned_packs_are_stored_again(tmp_path):
     fresh = casstore.open(str(tmp_path / "repo"))
     fresh.index_rebuild()
     assert deep_equal(fresh.restore(info.id), state)
+
+
+def test_snapshots_with_the_structure_first_still_restore(tmp_path):
+    """State snapshots store their structure stream last (manifest field "tail"); those
+    written before, structure first, read as they always did."""
+    from casstore import codec
+    from casstore.repository import Stream
+
+    store = casstore.open(str(tmp_path / "repo"))
+    state = chat_state(30)
+    structure, blobs = codec.encode(state)
+    streams = [Stream(memoryview(structure), structure=True)]
+    streams += [Stream(b.data, b.row_bytes, b.itemsize, structure=b.small_chunks, item_ends=b.item_ends)
+                for b in blobs]
+    old_id, fields = store._repo.write("state", streams, agent_id="a", session_id="s", description=None,
+                                       metadata=None)
+    assert "tail" not in fields
+    new = store.snapshot(state, "a", "s")
+    assert store._repo.fields(bytes.fromhex(new.id))["tail"] is True
+    store.drop_caches()
+    assert deep_equal(store.restore(old_id.hex()), state)
+    assert deep_equal(store.restore(new.id), state)
