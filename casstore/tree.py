@@ -1,7 +1,7 @@
 """The chunk tree: a content-defined Merkle tree over a snapshot's chunk list.
 
 A snapshot's chunks (hash, raw length) are grouped into leaf nodes, cut after
-any entry whose hash has its low FANOUT_BITS bits zero (about 16 entries a
+any entry whose hash has its low FANOUT_BITS bits zero (about 8 entries a
 node), then the node hashes are grouped the same way, level by level, up to
 one root. Because cuts depend only on content, consecutive snapshots share
 every node but the path to what changed: a chat step rewrites a few hundred

@@ -29,7 +29,10 @@ Layout in the repository
   the state's structure stream, apart from the long lists' own streams.
 * Pending writes (``put_writes``) arrive after their checkpoint is
   committed, so they go to a sibling lineage ``<session>#writes``, as rows
-  ``[checkpoint id, task id, channel, index, task path, value]``. Calls are
+  ``[checkpoint id, task id, channel, index, task path, value count]`` with
+  the values (serde items) in one flat list beside them, so that a message a
+  task wrote is the same list item, and the same chunk, as in the next
+  checkpoint's message list (stored once). Calls are
   group-committed: LangGraph issues writes while the previous checkpoint is
   still being stored, so every call that queued meanwhile rides in one
   snapshot (and writes queued for a checkpoint whose own ``put`` comes next
@@ -100,7 +103,7 @@ __all__ = ["CasstoreSaver", "AGENT_PREFIX"]
 AGENT_PREFIX = "langgraph:"
 ROOT_SESSION = "default"
 WRITES_SUFFIX = "#writes"
-FORMAT = 2  # 2: write rows name their checkpoint; checkpoints may carry writes (1 is still read)
+FORMAT = 2  # 2: write rows name their checkpoint, values in a list of their own (1 is still read)
 KIND_CHECKPOINT = "checkpoint"
 KIND_WRITES = "writes"
 MAX_CACHED_THREADS = 256
@@ -460,12 +463,9 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             state = self._state(snap_id)
             if state is None:
                 continue
-            for row in state.get("writes", ()):
-                if len(row) == 6:  # format 2 rows name their checkpoint (a snapshot may hold several)
-                    if row[0] != cid:
-                        continue
-                    row = row[1:]
-                task_id, channel, idx, task_path, item = row
+            for row_cid, task_id, channel, idx, task_path, item in _write_rows(state):
+                if row_cid is not None and row_cid != cid:  # a snapshot may carry several checkpoints' writes
+                    continue
                 key = (task_id, idx)
                 if idx >= 0 and key in merged:
                     continue
@@ -553,7 +553,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             jobs = [q for q in self._queue if q.tid == tid and q.ns == ns and take(q)]
             self._queue = [q for q in self._queue if q not in jobs]
         if jobs:
-            state = {**state, "writes": [row for q in jobs for row in q.rows]}
+            state = {**state, **_pack_rows([row for q in jobs for row in q.rows])}
             meta = {**meta, "writes": [[q.cid, q.task_id, q.keys] for q in jobs]}
             cost += sum(q.cost for q in jobs)
         session = session_id(ns) + ("" if meta["langgraph"] == KIND_CHECKPOINT else WRITES_SUFFIX)
@@ -711,6 +711,34 @@ def _snapshots_of(th: _Thread, doomed: set[tuple[str, str]]) -> list[str]:
     out |= {sid for sid, keys in carried.items() if keys <= doomed}
     out -= {sid for sid, keys in carried.items() if not keys <= doomed}
     return sorted(out)
+
+
+def _pack_rows(rows: list[list]) -> dict:
+    """Write rows as stored: the values (serde items) in one flat list of their own, so a
+    message written by a task is the same list item, and chunk, as in the next checkpoint."""
+    heads, items = [], []
+    for cid, task_id, channel, idx, task_path, value in rows:
+        if isinstance(value, list):
+            heads.append([cid, task_id, channel, idx, task_path, len(value)])
+            items += value
+        else:
+            heads.append([cid, task_id, channel, idx, task_path, -1])
+            items.append(value)
+    return {"rows": heads, "items": items}
+
+
+def _write_rows(state: dict) -> Iterator[tuple]:
+    """(checkpoint id or None, task id, channel, index, task path, item or items) of every stored
+    write row, in either format (1: inline values, no checkpoint id; 2: _pack_rows)."""
+    if "rows" in state:
+        items, at = state["items"], 0
+        for cid, task_id, channel, idx, task_path, n in state["rows"]:
+            value = items[at] if n < 0 else items[at:at + n]
+            at += 1 if n < 0 else n
+            yield cid, task_id, channel, idx, task_path, value
+        return
+    for row in state.get("writes", ()):
+        yield (None, *row)
 
 
 def _ns_field(ns: str) -> dict:
