@@ -180,7 +180,7 @@ def test_saver_caches_are_exact_and_bounded(tmp_path):
     """Reads served from the state cache equal reads from storage; the cache respects its bound;
     a reloaded checkpoint's messages are not serialized again by the next put."""
     repo = str(tmp_path / "repo")
-    with CasstoreSaver.from_url(repo, cache_bytes=200_000) as saver:
+    with CasstoreSaver.from_url(repo, state_cache_bytes=200_000) as saver:
         graph = _graph(saver)
         config = {"configurable": {"thread_id": "t"}}
         for t in range(12):

@@ -56,7 +56,7 @@ thread, namespace and channel, the serialized form of the list elements it
 stored or loaded last (keyed by object identity, holding a strong reference,
 and re-checked with the message id and content length), so each step
 serializes only the new messages. The encoded states it wrote or read
-(immutable bytes items) are kept in an LRU bounded by ``cache_bytes``
+(immutable bytes items) are kept in an LRU bounded by ``state_cache_bytes``
 (64 MiB by default), so reading a recent checkpoint costs only
 deserialization, and a list's msgpack elements are deserialized in one call,
 as one array. The snapshot-metadata listing of each thread is cached as well
@@ -241,7 +241,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
     """LangGraph checkpointer storing checkpoints as deduplicated casstore snapshots."""
 
     def __init__(self, store: Store, *, serde: SerializerProtocol | None = None, owns_store: bool = False,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 state_cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         super().__init__(serde=serde)
         self.store = store
         self._owns_store = owns_store
@@ -249,16 +249,17 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         self._threads: OrderedDict[str, _Thread] = OrderedDict()
         # (thread, ns, channel) -> {id(obj): (obj, fingerprint, item)} of the last stored or loaded list
         self._items: OrderedDict[tuple[str, str, str], dict[int, tuple[Any, Any, bytes]]] = OrderedDict()
-        self._states = _StateCache(cache_bytes)
+        self._states = _StateCache(state_cache_bytes)
         self._io = threading.Lock()  # one snapshot write at a time; taken before _lock, never inside it
         self._queue: list[_Queued] = []  # pending writes not yet in a snapshot
 
     @classmethod
     def from_url(cls, url: str | None = None, *, serde: SerializerProtocol | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, **open_kwargs: Any) -> "CasstoreSaver":
+                 state_cache_bytes: int = DEFAULT_CACHE_BYTES, **open_kwargs: Any) -> "CasstoreSaver":
         """Open (or create) the repository at url and wrap it; closing the saver closes the store."""
         from .. import store as _store
-        return cls(_store.open(url, **open_kwargs), serde=serde, owns_store=True, cache_bytes=cache_bytes)
+        return cls(_store.open(url, **open_kwargs), serde=serde, owns_store=True,
+                   state_cache_bytes=state_cache_bytes)
 
     def close(self) -> None:
         with self._lock:
