@@ -278,7 +278,7 @@ def _big(ctx: Context, env: _S3Env, nbytes: int) -> list[dict[str, Any]]:
         rows.append(row)
     if len(speeds) == 2:
         rows[1]["restore_speed_vs_local"] = speeds["casstore-s3"] / speeds["casstore-local"]
-    ctx.log(f"  s3-big restore MB/s: " + ", ".join(f"{k} {v:.0f}" for k, v in speeds.items()))
+    ctx.log("  s3-big restore MB/s: " + ", ".join(f"{k} {v:.0f}" for k, v in speeds.items()))
     return rows
 
 

@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 
 from . import manifest, tree
 from .errors import ConfigurationError, IntegrityError
-from .pack import KIND_NODE, PackEntry
+from .pack import PackEntry
 from .repository import Repository, manifest_key, pack_key
 
 BATCH_RAW = 64 << 20   # raw bytes read from the source before they are packed and sent

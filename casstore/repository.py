@@ -39,8 +39,7 @@ from .chunker import Chunker
 from .chunker.memo import Known, StreamMemo
 from .compress import Codec
 from .config import RepoConfig, cache_dir
-from .errors import (AuthenticationError, ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError,
-                     StorageError)
+from .errors import AuthenticationError, ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError
 from .index import Index, Location
 from .pack import FOOTER_SIZE, KIND_DATA, KIND_NODE, PackEntry, PackWriter, open_trailer, parse_footer
 
