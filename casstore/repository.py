@@ -368,8 +368,9 @@ class Repository:
                 entries.extend(s.entries)
                 continue
             first, start = len(entries), 0
-            known = self.memo.lookup(lineage, pos, s.data) if s.row_bytes == 0 else None
-            if known is not None:
+            match = self.memo.lookup(lineage, pos, s.data) if s.row_bytes == 0 else None
+            if match is not None:
+                known = match[0]
                 entries.extend(known.entries)
                 reused.append((s, known))
                 start = known.resume
@@ -385,7 +386,7 @@ class Repository:
                         found(fresh, chunks)
                         fresh, load = [], 0
             if s.row_bytes == 0:
-                self.memo.remember(lineage, pos, s.data, entries[first:])
+                self.memo.remember(lineage, pos, s.data, entries[first:], match)
         if fresh:
             found(fresh, chunks)
         if reused and self.index.has_condemned():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Any, Hashable
 
 import blake3
 
@@ -50,18 +50,21 @@ class StreamMemo:
         self.max_lineages = max_lineages
         self._known: OrderedDict[Hashable, dict[int, Known]] = OrderedDict()
 
-    def lookup(self, lineage: Hashable, position: int, data: memoryview) -> Known | None:
-        """The reusable start of data if it begins like the remembered stream, else None."""
+    def lookup(self, lineage: Hashable, position: int, data: memoryview) -> tuple[Known, Any] | None:
+        """(the reusable start, the BLAKE3 state over data[:check_end]) if data begins like the
+        remembered stream, else None; pass the state on to remember() so it need not hash that again."""
         known = self._known.get(lineage, {}).get(position)
         if known is None or len(data) < known.check_end:
             return None
-        if blake3.blake3(data[:known.check_end]).digest() != known.digest:
+        hasher = blake3.blake3(data[:known.check_end])
+        if hasher.digest() != known.digest:
             return None
-        return known
+        return known, hasher
 
     def remember(self, lineage: Hashable, position: int, data: memoryview,
-                 entries: list[tuple[bytes, int]]) -> None:
-        """Record a stream cut from offset 0 into entries (hash, length), in order."""
+                 entries: list[tuple[bytes, int]], found: tuple[Known, Any] | None = None) -> None:
+        """Record a stream cut from offset 0 into entries (hash, length), in order; found is what
+        lookup() returned for this same data, if anything."""
         streams = self._known.setdefault(lineage, {})
         self._known.move_to_end(lineage)
         while len(self._known) > self.max_lineages:
@@ -72,7 +75,12 @@ class StreamMemo:
         reuse = entries[:-2]
         resume = sum(n for _, n in reuse)
         check_end = resume + entries[-2][1]
-        streams[position] = Known(reuse, resume, check_end, blake3.blake3(data[:check_end]).digest())
+        if found is not None and found[0].check_end <= check_end:  # extend the hash lookup() took
+            hasher = found[1]
+            hasher.update(data[found[0].check_end:check_end])
+        else:
+            hasher = blake3.blake3(data[:check_end])
+        streams[position] = Known(reuse, resume, check_end, hasher.digest())
 
     def forget(self, lineage: Hashable | None = None) -> None:
         """Drop what is known (of one lineage, or all: e.g. after the index was rebuilt)."""
