@@ -213,19 +213,22 @@ def test_concurrent_writes_are_group_committed(tmp_path):
     with CasstoreSaver.from_url(repo) as saver:
         cfg = saver.put({"configurable": {"thread_id": "g", "checkpoint_ns": ""}}, empty_checkpoint(),
                         {"source": "input", "step": -1, "parents": {}}, {})
-        real, gate = saver.store.snapshot, threading.Event()
+        real, inside, gate = saver.store.snapshot, threading.Event(), threading.Event()
 
         def slow(*args, **kwargs):
+            inside.set()
             gate.wait(10)
             return real(*args, **kwargs)
 
         saver.store.snapshot = slow
         writers = [threading.Thread(target=saver.put_writes, args=(cfg, [("ch", f"value {i}")], f"task-{i}"))
                    for i in range(8)]
-        for w in writers:
+        writers[0].start()
+        assert inside.wait(10)  # the first writer holds its snapshot; the others queue behind it
+        for w in writers[1:]:
             w.start()
         deadline = time.monotonic() + 10
-        while len(saver._queue) < 7 and time.monotonic() < deadline:  # one writer is inside the held snapshot
+        while len(saver._queue) < 7 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(saver._queue) == 7
         gate.set()

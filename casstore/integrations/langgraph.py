@@ -535,8 +535,10 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         desc = f"langgraph {md.get('source', 'checkpoint')} step {md.get('step', '?')}"
         with self._io:
             with self._lock:
-                old = self._thread(tid).ckpts.get(ns, {}).get(cid)
-                replaced = old is not None and not self._carries_writes(tid, old.snap_id)
+                th = self._thread(tid)
+                old = th.ckpts.get(ns, {}).get(cid)
+                # a checkpoint's snapshot carries writes of its own checkpoint only (see _commit): keep it if so
+                replaced = old is not None and all(w.snap_id != old.snap_id for w in th.writes.get((ns, cid), ()))
             self._commit(tid, ns, state, cost, meta, desc, lambda q: q.cid == cid)
             if replaced:  # the same checkpoint id put again: the new snapshot replaces the old one
                 self._delete([old.snap_id])
@@ -570,9 +572,6 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             _add_info(self._thread(tid), info)
         for q in jobs:
             q.done.set()
-
-    def _carries_writes(self, tid: str, snap_id: str) -> bool:
-        return any(w.snap_id == snap_id for ws in self._thread(tid).writes.values() for w in ws)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
