@@ -237,17 +237,12 @@ def run(ctx: Context) -> list[dict[str, Any]]:
                    "<=", 0.01, "<= 0.01x"),
         target_row("langgraph", "bytes vs Sqlite+DeltaChannel",
                    ratio(cas.get("stored_bytes"), dlt.get("stored_bytes")), "<=", 1.0, "< 1.0x"),
-        target_row("langgraph", "time/turn vs SqliteSaver",
-                   ratio(cas.get("turn_mean_s"), sql.get("turn_mean_s")), "<=", 1.0, "<= 1.0x"),
-        target_row("langgraph", "load old vs SqliteSaver", ratio(cas.get("load_old_s"), sql.get("load_old_s")),
-                   "<=", 1.0, "<= 1.0x"),
-        target_row("langgraph", "list history vs SqliteSaver",
-                   ratio(cas.get("list_history_s"), sql.get("list_history_s")), "<=", 1.0, "<= 1.0x"),
-        target_row("langgraph", "load old, fresh saver vs Sqlite",
-                   ratio(cas.get("load_old_fresh_s"), sql.get("load_old_fresh_s")), "<=", 1.0, "<= 1.0x"),
-        target_row("langgraph", "list history, fresh saver vs Sqlite",
-                   ratio(cas.get("list_history_fresh_s"), sql.get("list_history_fresh_s")), "<=", 1.0, "<= 1.0x"),
-    ]
+    ] + [target_row("langgraph", metric, ratio(cas.get(key), sql.get(key)), "<=", 1.0, "<= 1.0x")
+         for metric, key in (("time/turn vs SqliteSaver", "turn_mean_s"),
+                             ("load old vs SqliteSaver", "load_old_s"),
+                             ("list history vs SqliteSaver", "list_history_s"),
+                             ("load old, fresh saver vs Sqlite", "load_old_fresh_s"),
+                             ("list history, fresh saver vs Sqlite", "list_history_fresh_s"))]
 
 
 if __name__ == "__main__":  # python -m benchmarks.bench_langgraph [--quick]
