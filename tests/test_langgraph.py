@@ -3,6 +3,7 @@
 import asyncio
 import os
 import random
+import time
 
 import pytest
 
@@ -103,9 +104,10 @@ def test_chat_graph_history_resume_time_travel_fork(tmp_path):
     other = _graph(CasstoreSaver(store))
     assert other.get_state(config).values["messages"] == msgs
 
-    # the thread shows up as casstore lineages
-    sessions = {i.session_id for i in store.list("langgraph:chat-1")}
-    assert sessions == {"default", "default#writes"}
+    # the thread shows up as a casstore lineage; the tasks' writes rode in the checkpoints after them
+    infos = store.list("langgraph:chat-1")
+    assert {i.session_id for i in infos} == {"default"}
+    assert sum(1 for i in infos if i.metadata.get("writes")) >= turns
 
     # dedup: stored bytes far below the sum of the checkpoints' sizes
     raw = sum(i.raw_size for i in store.list("langgraph:chat-1", "default"))
@@ -262,3 +264,63 @@ def test_reads_format_1_writes(tmp_path):
         saver.put_writes(cfg, [("ch", "ignored: same task and index")], "task-1")
         saver.put_writes(cfg, [("ch", "new value")], "task-2")
         assert saver.get_tuple(cfg).pending_writes == [("task-1", "ch", "legacy value"), ("task-2", "ch", "new value")]
+
+
+def _writes_riding(saver, cfg, writes, task_id):
+    """put_writes on a thread of its own: it waits for the next checkpoint to carry its rows."""
+    import threading
+
+    t = threading.Thread(target=saver.put_writes, args=(cfg, writes, task_id))
+    t.start()
+    deadline = time.monotonic() + 10
+    while not saver._queue and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert saver._queue
+    return t
+
+
+def test_writes_ride_in_the_next_checkpoint_and_survive_its_deletion(tmp_path):
+    """A step's writes are stored by the next checkpoint's snapshot (put_writes returns then, long
+    before its linger); deleting that checkpoint (delete_for_runs) stores them again first."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    repo = str(tmp_path / "repo")
+    with CasstoreSaver.from_url(repo, writes_linger=60) as saver:
+        base = {"configurable": {"thread_id": "w", "checkpoint_ns": ""}}
+        c1 = {**empty_checkpoint(), "id": "1ef00000-0000-6000-8000-000000000001"}
+        cfg1 = saver.put(base, c1, {"source": "loop", "step": 0, "parents": {}, "run_id": "run-a"}, {})
+        writer = _writes_riding(saver, cfg1, [("answer", "from task 1"), ("other", 2)], "task-1")
+        c2 = {**empty_checkpoint(), "id": "1ef00000-0000-6000-8000-000000000002"}
+        cfg2 = saver.put(cfg1, c2, {"source": "loop", "step": 1, "parents": {}, "run_id": "run-b"}, {})
+        writer.join(10)
+        assert not writer.is_alive()
+        infos = saver.store.list("langgraph:w")
+        assert len(infos) == 2 and infos[1].metadata["writes"] == [[c1["id"], "task-1", [0, 1]]]
+        want = [("task-1", "answer", "from task 1"), ("task-1", "other", 2)]
+        assert saver.get_tuple(cfg1).pending_writes == want
+        assert saver.get_tuple(cfg2).pending_writes == []
+
+        saver.delete_for_runs(["run-b"])  # checkpoint 2 goes; the writes of checkpoint 1 it carried stay
+        assert saver.get_tuple(cfg2) is None
+        assert saver.get_tuple(cfg1).pending_writes == want
+    with CasstoreSaver.from_url(repo) as fresh:
+        assert [t.checkpoint["id"] for t in fresh.list(base)] == [c1["id"]]
+        assert fresh.get_tuple(cfg1).pending_writes == want
+
+
+def test_prune_keeps_the_latest_checkpoint_that_carries_older_writes(tmp_path):
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    with CasstoreSaver.from_url(str(tmp_path / "repo"), writes_linger=60) as saver:
+        cfg = {"configurable": {"thread_id": "p", "checkpoint_ns": ""}}
+        for i in range(1, 4):
+            ck = {**empty_checkpoint(), "id": f"1ef00000-0000-6000-8000-00000000000{i}"}
+            writer = _writes_riding(saver, cfg, [("x", i)], f"task-{i}") if i > 1 else None
+            cfg = saver.put(cfg, ck, {"source": "loop", "step": i, "parents": {}}, {})
+            if writer:
+                writer.join(10)
+        saver.prune(["p"])
+        saver.prune(["p"])  # the kept checkpoint carries writes of a pruned one: it must stay
+        left = list(saver.list({"configurable": {"thread_id": "p"}}))
+        assert [t.checkpoint["id"] for t in left] == [cfg["configurable"]["checkpoint_id"]]
+        assert len(saver.store.list("langgraph:p")) == 1

@@ -27,22 +27,24 @@ Layout in the repository
   values are one serde item each; they and the checkpoint itself (ids,
   versions, ``versions_seen``, without channel values) are small and sit in
   the state's structure stream, apart from the long lists' own streams.
-* Pending writes (``put_writes``) arrive after their checkpoint is
-  committed, so they go to a sibling lineage ``<session>#writes``, as rows
-  ``[checkpoint id, task id, channel, index, task path, value count]`` with
-  the values (serde items) in one flat list beside them, so that a message a
-  task wrote is the same list item, and the same chunk, as in the next
-  checkpoint's message list (stored once). Calls are
-  group-committed: LangGraph issues writes while the previous checkpoint is
-  still being stored, so every call that queued meanwhile rides in one
-  snapshot (and writes queued for a checkpoint whose own ``put`` comes next
-  ride in that checkpoint's snapshot); each call returns once its snapshot
-  is durable. The snapshot metadata lists ``[checkpoint id, task id, write
-  indexes]`` per call, enough to keep ``put_writes`` idempotent without
-  restoring anything. Writes are merged, in commit order, into
-  ``pending_writes`` when a checkpoint is read (a repeated regular write keeps
-  the first value, a special write such as an error or interrupt keeps the
-  last). Format 1 (one snapshot per call) is still read.
+* Pending writes (``put_writes``) are rows ``[checkpoint id, task id,
+  channel, index, task path, value count]`` with the values (serde items) in
+  one flat list beside them, so that a message a task wrote is the same list
+  item, and the same chunk, as in the next checkpoint's message list (stored
+  once). LangGraph stores a step's task writes and, right after, the next
+  checkpoint, so a call waits up to ``writes_linger`` seconds (0.05 by
+  default) for the next ``put`` of its lineage to carry its rows in that
+  checkpoint's snapshot; if none comes (an interrupt, an error, a caller that
+  waits for ``put_writes`` before it puts), the queued calls are stored
+  together as a snapshot of their own in the sibling lineage
+  ``<session>#writes``. Either way a call returns once its rows are durable.
+  The snapshot metadata lists ``[checkpoint id, task id, write indexes]``
+  per call, enough to keep ``put_writes`` idempotent without restoring
+  anything. Writes are merged, in commit order, into ``pending_writes`` when
+  a checkpoint is read (a repeated regular write keeps the first value, a
+  special write such as an error or interrupt keeps the last). Deleting a
+  checkpoint whose snapshot carries writes of a kept checkpoint stores those
+  rows again first. Format 1 (one snapshot per call) is still read.
 * ``delete_thread`` / ``prune`` / ``delete_for_runs`` delete snapshots with
   ``Store.delete``; their chunks are reclaimed by ``casstore gc``.
   ``copy_thread`` re-snapshots each stored state under the target thread,
@@ -108,6 +110,7 @@ KIND_CHECKPOINT = "checkpoint"
 KIND_WRITES = "writes"
 MAX_CACHED_THREADS = 256
 DEFAULT_CACHE_BYTES = 64 << 20
+DEFAULT_LINGER = 0.05  # seconds put_writes waits for the next checkpoint to carry its rows
 
 
 def agent_id(thread_id: str) -> str:
@@ -214,6 +217,7 @@ class _Writes:
     checkpoint_id: str
     task_id: str
     keys: list[int]
+    carrier: tuple[str, str] | None = None  # (ns, checkpoint id) when a checkpoint's snapshot carries them
 
 
 @dataclass
@@ -241,8 +245,9 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
     """LangGraph checkpointer storing checkpoints as deduplicated casstore snapshots."""
 
     def __init__(self, store: Store, *, serde: SerializerProtocol | None = None, owns_store: bool = False,
-                 state_cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 state_cache_bytes: int = DEFAULT_CACHE_BYTES, writes_linger: float = DEFAULT_LINGER) -> None:
         super().__init__(serde=serde)
+        self.writes_linger = writes_linger
         self.store = store
         self._owns_store = owns_store
         self._lock = threading.RLock()
@@ -255,11 +260,12 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
 
     @classmethod
     def from_url(cls, url: str | None = None, *, serde: SerializerProtocol | None = None,
-                 state_cache_bytes: int = DEFAULT_CACHE_BYTES, **open_kwargs: Any) -> "CasstoreSaver":
+                 state_cache_bytes: int = DEFAULT_CACHE_BYTES, writes_linger: float = DEFAULT_LINGER,
+                 **open_kwargs: Any) -> "CasstoreSaver":
         """Open (or create) the repository at url and wrap it; closing the saver closes the store."""
         from .. import store as _store
         return cls(_store.open(url, **open_kwargs), serde=serde, owns_store=True,
-                   state_cache_bytes=state_cache_bytes)
+                   state_cache_bytes=state_cache_bytes, writes_linger=writes_linger)
 
     def close(self) -> None:
         with self._lock:
@@ -537,9 +543,9 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             with self._lock:
                 th = self._thread(tid)
                 old = th.ckpts.get(ns, {}).get(cid)
-                # a checkpoint's snapshot carries writes of its own checkpoint only (see _commit): keep it if so
-                replaced = old is not None and all(w.snap_id != old.snap_id for w in th.writes.get((ns, cid), ()))
-            self._commit(tid, ns, state, cost, meta, desc, lambda q: q.cid == cid)
+                # the old snapshot goes unless it carries writes (of any checkpoint, see _commit)
+                replaced = old is not None and all(w.snap_id != old.snap_id for ws in th.writes.values() for w in ws)
+            self._commit(tid, ns, state, cost, meta, desc, lambda q: True)
             if replaced:  # the same checkpoint id put again: the new snapshot replaces the old one
                 self._delete([old.snap_id])
         return {"configurable": {"thread_id": tid, "checkpoint_ns": ns, "checkpoint_id": cid}}
@@ -549,8 +555,9 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         """Write one snapshot (holding _io) carrying the queued writes of this lineage that take() picks.
 
         Every put_writes call whose rows ride in the snapshot returns once it is
-        durable (group commit): LangGraph issues writes while the previous
-        checkpoint is still being stored, so they rarely need a snapshot of their own.
+        durable (group commit). LangGraph stores a step's task writes and then,
+        right after, the next checkpoint, so the writes usually ride in that
+        checkpoint's snapshot instead of needing one of their own.
         """
         with self._lock:
             jobs = [q for q in self._queue if q.tid == tid and q.ns == ns and take(q)]
@@ -599,13 +606,33 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 return
             job = _Queued(tid, ns, cid, task_id, rows, keys, cost + 64 * len(rows))
             self._queue.append(job)
-        with self._io:
-            if not job.done.is_set():  # no snapshot took these rows yet: store every queued write of the lineage
-                self._commit(tid, ns, {"format": FORMAT}, 0, {"langgraph": KIND_WRITES, **_ns_field(ns)}, None,
-                             lambda q: True)
+        if not job.done.wait(self.writes_linger):  # no checkpoint took them meanwhile: a snapshot of their own
+            with self._io:
+                if not job.done.is_set():
+                    self._commit(tid, ns, {"format": FORMAT}, 0, {"langgraph": KIND_WRITES, **_ns_field(ns)}, None,
+                                 lambda q: True)
         job.done.wait()
         if job.error is not None:
             raise job.error
+
+    def _delete_checkpoints(self, tid: str, th: _Thread, doomed: set[tuple[str, str]]) -> None:
+        """Delete these (ns, checkpoint id)s of a thread with their writes (holding _io and _lock).
+
+        A doomed checkpoint's snapshot may also carry writes of a kept
+        checkpoint: those rows are stored again, as a writes snapshot, first.
+        """
+        delete, rescue = _snapshots_of(th, doomed)
+        for sid, kept in rescue.items():
+            ns = next(iter(kept))[0]  # a snapshot belongs to one namespace's lineage
+            rows = [list(r) for r in _write_rows(self._state(sid) or {}) if (ns, r[0]) in kept]
+            if not rows:
+                continue
+            calls = [[w.checkpoint_id, w.task_id, w.keys] for key in sorted(kept) for w in th.writes.get(key, ())
+                     if w.snap_id == sid]
+            self.store.snapshot({"format": FORMAT, **_pack_rows(rows)}, agent_id(tid),
+                                session_id(ns) + WRITES_SUFFIX,
+                                metadata={"langgraph": KIND_WRITES, **_ns_field(ns), "writes": calls})
+        self._delete(delete)
 
     def _delete(self, snap_ids: list[str]) -> None:
         for sid in snap_ids:
@@ -653,7 +680,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 latest = {ns: max(ckpts) for ns, ckpts in th.ckpts.items() if ckpts}
                 doomed = {(ns, cid) for ns, ckpts in th.ckpts.items() for cid in ckpts if cid != latest[ns]}
                 doomed |= {(ns, cid) for ns, cid in th.writes if cid not in th.ckpts.get(ns, {})}  # orphans
-                self._delete(_snapshots_of(th, doomed))
+                self._delete_checkpoints(tid, th, doomed)
                 self._threads.pop(tid, None)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
@@ -666,7 +693,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 doomed = {(ns, cid) for ns, ckpts in th.ckpts.items() for cid, ck in ckpts.items()
                           if str(self._metadata(ck).get("run_id")) in runs}
                 if doomed:
-                    self._delete(_snapshots_of(th, doomed))
+                    self._delete_checkpoints(tid, th, doomed)
                     self._threads.pop(tid, None)
 
     # ------------------------------------------------------------------ async
@@ -700,17 +727,29 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         await asyncio.to_thread(self.delete_for_runs, run_ids)
 
 
-def _snapshots_of(th: _Thread, doomed: set[tuple[str, str]]) -> list[str]:
-    """Snapshots to delete with these (ns, checkpoint id)s: their checkpoints, and every snapshot
-    whose carried writes all belong to them (a snapshot carrying a kept checkpoint's writes stays)."""
-    out = {ck.snap_id for ns, ckpts in th.ckpts.items() for cid, ck in ckpts.items() if (ns, cid) in doomed}
+def _snapshots_of(th: _Thread, doomed: set[tuple[str, str]]) -> tuple[list[str], dict[str, set[tuple[str, str]]]]:
+    """Snapshots to delete with these (ns, checkpoint id)s, and, for those of them that also carry
+    writes of kept checkpoints, which ones (their rows must be stored again before the delete).
+
+    A checkpoint's snapshot goes with its checkpoint; a snapshot of writes only goes once every
+    checkpoint whose writes it carries goes.
+    """
+    own = {ck.snap_id: (ns, cid) for ns, ckpts in th.ckpts.items() for cid, ck in ckpts.items()}
     carried: dict[str, set[tuple[str, str]]] = {}
     for key, ws in th.writes.items():
         for w in ws:
             carried.setdefault(w.snap_id, set()).add(key)
-    out |= {sid for sid, keys in carried.items() if keys <= doomed}
-    out -= {sid for sid, keys in carried.items() if not keys <= doomed}
-    return sorted(out)
+            if w.carrier is not None:
+                own.setdefault(w.snap_id, w.carrier)
+    delete, rescue = [], {}
+    for sid in own.keys() | carried.keys():
+        kept = carried.get(sid, set()) - doomed
+        if (own[sid] not in doomed) if sid in own else bool(kept):
+            continue
+        delete.append(sid)
+        if kept:
+            rescue[sid] = kept
+    return sorted(delete), rescue
 
 
 def _pack_rows(rows: list[list]) -> dict:
@@ -756,5 +795,6 @@ def _add_info(th: _Thread, info: SnapshotInfo) -> None:
     elif kind == KIND_WRITES and "writes" not in meta:  # format 1: one put_writes call per snapshot
         meta = {"writes": [[meta["checkpoint_id"], meta.get("task_id", ""), meta.get("keys", ())]]}
     if kind in (KIND_CHECKPOINT, KIND_WRITES):
+        carrier = (ns, meta["checkpoint_id"]) if kind == KIND_CHECKPOINT else None
         for cid, task_id, keys in meta.get("writes", ()):
-            th.writes.setdefault((ns, cid), []).append(_Writes(info.id, cid, task_id, list(keys)))
+            th.writes.setdefault((ns, cid), []).append(_Writes(info.id, cid, task_id, list(keys), carrier))
