@@ -11,7 +11,8 @@ import msgpack
 from .chunker import BLOB_CDC, STRUCTURE_CDC, CDCParams
 from .errors import ConfigurationError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: manifests are stored zstd-compressed with manifest.PRIMER (1: plain msgpack)
+READ_FORMATS = (1, 2)
 DEFAULT_REPO = ".casstore"
 ENV_REPO = "CASSTORE_REPO"
 ENCRYPTIONS = ("aes-256-gcm", "chacha20-poly1305")   # AEADs of encrypted repositories (crypto.py); None: unencrypted
@@ -47,8 +48,9 @@ class RepoConfig:
                       gc_grace=float(d.get("gc_grace", 3600.0)))
         except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
             raise ConfigurationError(f"{where}: repository config is unreadable: {e}") from e
-        if cfg.format != FORMAT_VERSION:
-            raise ConfigurationError(f"{where}: repository format {cfg.format} is not supported (this casstore reads {FORMAT_VERSION})")
+        if cfg.format not in READ_FORMATS:
+            raise ConfigurationError(f"{where}: repository format {cfg.format} is not supported "
+                                     f"(this casstore reads {', '.join(map(str, READ_FORMATS))})")
         if cfg.hash != "blake3" or cfg.compression != "zstd":
             raise ConfigurationError(f"{where}: unsupported hash {cfg.hash!r} or compression {cfg.compression!r}")
         if cfg.encryption is not None and cfg.encryption not in ENCRYPTIONS:

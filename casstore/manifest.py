@@ -15,6 +15,15 @@ structure stream comes last. State snapshots are written that way, so that a
 step that grows a list and changes the structure rewrites one path of the
 chunk tree, not two; snapshots written without it still read).
 
+Stored form: in a repository of format 2 (config.py) the manifest object
+holds the msgpack bytes compressed by zstd primed with PRIMER, a fixed
+msgpack text of the field names casstore and its bundled integrations write:
+a manifest is a few hundred bytes, too short for zstd to learn its own
+field names, and the primer halves it (a LangGraph checkpoint's 480 bytes
+become 265; the index keeps its summaries the same way). PRIMER is part of
+the format and never changes. Format 1 stored the msgpack bytes plain, and
+both read.
+
 In an encrypted repository the id is the repository's keyed BLAKE3 of the
 plaintext manifest bytes (so ids reveal nothing and stay stable when the
 manifest is re-sealed, e.g. by copy), and the stored object is those bytes
@@ -28,12 +37,22 @@ from typing import Callable
 
 import blake3
 import msgpack
+import zstandard
 
 from .errors import IntegrityError, SerializationError
 
 VERSION = 1
 MAX_MANIFEST = 16 << 20
 KINDS = ("state", "dir")
+PRIMER = msgpack.packb({
+    "v": VERSION, "kind": "state", "agent": "langgraph:", "session": "default", "parent": bytes(32), "index": 0,
+    "time": 0.0, "desc": "langgraph loop step ", "meta": {
+        "langgraph": "checkpoint", "checkpoint_ns": "", "checkpoint_id": "1f0", "parent_checkpoint_id": "1f0",
+        "metadata": {"source": "loop", "step": 0, "parents": {}}, "writes": [], "step": 0},
+    "root": bytes(32), "height": 1, "raw": 0, "struct": 0, "chunks": 0, "new_chunks": 0, "stored": 0, "tail": True,
+}, use_bin_type=True)
+_DICT = zstandard.ZstdCompressionDict(PRIMER, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _REQUIRED = {"v": int, "kind": str, "agent": str, "session": str, "index": int, "time": float,
              "root": bytes, "height": int, "raw": int, "struct": int, "chunks": int}
 
@@ -45,6 +64,21 @@ def encode(fields: dict, digest: Callable[[bytes], bytes] | None = None) -> tupl
     except (TypeError, ValueError, OverflowError) as e:
         raise SerializationError(f"snapshot metadata must be plain msgpack data (dict, list, str, numbers): {e}") from e
     return (digest(data) if digest else blake3.blake3(data).digest()), data
+
+
+def pack(data: bytes) -> bytes:
+    """The stored form of manifest bytes (format 2): zstd primed with PRIMER."""
+    return zstandard.ZstdCompressor(level=3, dict_data=_DICT, write_dict_id=False).compress(data)
+
+
+def unpack(stored: bytes | memoryview, name: str = "manifest") -> bytes:
+    """Manifest bytes from their stored form, compressed (format 2) or plain msgpack (format 1)."""
+    if bytes(stored[:4]) != _ZSTD_MAGIC:
+        return bytes(stored)
+    try:
+        return zstandard.ZstdDecompressor(dict_data=_DICT).decompress(stored, max_output_size=MAX_MANIFEST)
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"snapshot {name}: manifest does not decompress: {e}") from e
 
 
 def decode(data: bytes, snap_id: bytes | None = None, digest: Callable[[bytes], bytes] | None = None) -> dict:

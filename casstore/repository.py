@@ -244,21 +244,25 @@ class Repository:
 
     # sealed objects -------------------------------------------------------------
     def seal_manifest(self, snap_id: bytes, data: bytes) -> bytes:
-        return self.sealer.seal(data, crypto.AD_MANIFEST + snap_id)
+        """The object to store for manifest bytes: compressed (repository format 2), then sealed if encrypted."""
+        return self.sealer.seal(manifest.pack(data) if self.config.format >= 2 else data,
+                                crypto.AD_MANIFEST + snap_id)
 
     def open_manifest(self, snap_id: bytes, stored: bytes) -> dict:
         """Open (when sealed), check against its id and parse a stored manifest."""
-        if len(stored) > manifest.MAX_MANIFEST + crypto.OVERHEAD:
-            raise IntegrityError(f"snapshot {snap_id.hex()}: manifest of {len(stored)} bytes exceeds the bound")
-        data = self.sealer.open(stored, crypto.AD_MANIFEST + snap_id, f"snapshot {snap_id.hex()}")
-        return manifest.decode(bytes(data), snap_id, self.hasher)
+        return manifest.decode(self._manifest_bytes(snap_id, stored), snap_id, self.hasher)
 
     def manifest_plaintext(self, snap_id: bytes) -> bytes:
         """The manifest bytes the snapshot id hashes (opened and checked)."""
-        stored = self.backend.get(manifest_key(snap_id))
-        data = bytes(self.sealer.open(stored, crypto.AD_MANIFEST + snap_id, f"snapshot {snap_id.hex()}"))
+        data = self._manifest_bytes(snap_id, self.backend.get(manifest_key(snap_id)))
         manifest.decode(data, snap_id, self.hasher)
         return data
+
+    def _manifest_bytes(self, snap_id: bytes, stored: bytes) -> bytes:
+        if len(stored) > manifest.MAX_MANIFEST + crypto.OVERHEAD:
+            raise IntegrityError(f"snapshot {snap_id.hex()}: manifest of {len(stored)} bytes exceeds the bound")
+        data = self.sealer.open(stored, crypto.AD_MANIFEST + snap_id, f"snapshot {snap_id.hex()}")
+        return manifest.unpack(data, snap_id.hex())
 
     def decode_chunk(self, h: bytes, method: int, stored: bytes | memoryview, raw_len: int, itemsize: int,
                      pack_id: bytes) -> bytes | memoryview:

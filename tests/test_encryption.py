@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import casstore
-from casstore import crypto
+from casstore import crypto, manifest
 from casstore.errors import IntegrityError
 
 SECRET = "sk-live-TOPSECRET-4242-do-not-leak"
@@ -250,7 +250,10 @@ def test_unencrypted_repository_unchanged(tmp_path):
         manifest_file = next((tmp_path / "plain" / "snapshots").rglob("*"))
         while manifest_file.is_dir():
             manifest_file = next(manifest_file.iterdir())
-        assert blake3.blake3(manifest_file.read_bytes()).hexdigest() == info.id   # id = plain hash of plain bytes
+        stored = manifest_file.read_bytes()
+        plain = manifest.unpack(stored)
+        assert len(stored) < len(plain)                                          # stored primed-zstd (format 2)
+        assert blake3.blake3(plain).hexdigest() == info.id                        # id = plain hash of plain bytes
         pack = next(p for p in (tmp_path / "plain" / "packs").rglob("*") if p.is_file()).read_bytes()
         assert pack[-8:] == b"CASPACK1" and int.from_bytes(pack[-28:-24], "little") == 1
         assert casstore.verify_proof(s.prove(info.id, chunk), info.root)
