@@ -76,6 +76,8 @@ EXT_LIST = 18
 BLOB_BYTES, BLOB_STR, BLOB_BYTEARRAY, BLOB_MEMORYVIEW, BLOB_ARRAY = range(5)
 
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+_SIZED = frozenset((str, bytes))
+_SCALARS = frozenset((float, bool, type(None)))
 _ARRAY_KINDS = set("biufcmMSU")
 
 
@@ -256,6 +258,11 @@ class _Encoder:
         walking each item, and such a container needs no copy.
         """
         big = big or self.leaf_limit
+        kinds = set(map(type, items))
+        if kinds <= _SIZED:  # all str / bytes: C-level passes only (an agent's message list)
+            return max(map(len, items), default=0) < big
+        if kinds <= _SCALARS:
+            return True
         return all((t := type(v)) is str and len(v) < big or t is float or t is bool or v is None
                    or t is int and _INT_MIN <= v <= _INT_MAX or t is bytes and len(v) < big for v in items)
 

@@ -27,7 +27,7 @@ import os
 import threading
 from bisect import bisect_right
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -36,7 +36,7 @@ from . import crypto, manifest, tree
 from .backend import Backend
 from .cache import DEFAULT_CACHE_BYTES, ChunkCache
 from .chunker import Chunker
-from .chunker.memo import Known, StreamMemo
+from .chunker.memo import MAX_LINEAGES, Known, StreamMemo
 from .compress import Codec
 from .config import RepoConfig, cache_dir
 from .errors import AuthenticationError, ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError
@@ -136,6 +136,7 @@ class Repository:
         self.cache = ChunkCache(cache_bytes)
         self._marks_seen = 0.0  # monotonic time of the last look at gc's condemned marks
         self.memo = StreamMemo()
+        self._trees: OrderedDict[tuple[str, str], list[tree.Level]] = OrderedDict()  # lineage -> last tree built
         owner = self.index.get_meta("repo_id")
         if owner not in (None, self.config.repo_id.encode()):
             raise ConfigurationError(f"index at {self.index_path} belongs to another repository; delete it or pass index_path")
@@ -295,38 +296,55 @@ class Repository:
         The chunks a stream adds are compressed and packed while later streams
         are still cut and hashed (see _NewChunks), so zstd and chunking share the cores.
         """
+        lineage = (agent_id, session_id)
         with self._lock:
-            self._refresh_marks(max_age=self.config.gc_grace / 2)
-            checked = time.monotonic()
-            with _NewChunks(self) as new:
-                new.add([h for s in streams if s.entries is not None for h, _ in s.entries], {}, KIND_DATA)
-                entries, chunks = self._chunk_streams(streams, lambda hs, chunks: new.add(hs, chunks, KIND_DATA),
-                                                      (agent_id, session_id))
-                root, height, nodes = tree.build(entries, self.hasher)
-                chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
-                new.add([h for h, _ in nodes], chunks, KIND_NODE)
-                packs = new.finish()
-            head = self.index.head(agent_id, session_id)
-            fields = {
-                "v": manifest.VERSION, "kind": kind, "agent": agent_id, "session": session_id,
-                "parent": head[0] if head else None, "index": head[1]["index"] + 1 if head else 0,
-                "time": time.time(), "desc": description, "meta": metadata or {}, "root": root, "height": height,
-                "raw": sum(s for _, s in entries), "struct": len(streams[-1 if structure_last else 0].data),
-                "chunks": len(entries),
-                "new_chunks": sum(1 for _, _, ents in packs for e in ents if e.kind == KIND_DATA),
-                "stored": sum(size for _, size, _ in packs),
-            }
-            if structure_last:
-                fields["tail"] = True
-            snap_id, data = manifest.encode(fields, self.hasher)
-            self.backend.put(manifest_key(snap_id), self.seal_manifest(snap_id, data))
-            if time.monotonic() - checked > self.config.gc_grace / 2:
-                written = {e.hash for _, _, ents in packs for e in ents}
-                wanted = [h for h, _ in entries if h not in written]
-                packs += self._repair_slow_write(snap_id, wanted, [h for h, _ in nodes if h not in written], chunks)
-            self.index.commit(packs, [(snap_id, fields)])
-            self._cache_written(chunks, packs)
+            try:
+                snap_id, fields, levels = self._write(kind, streams, lineage, description, metadata, structure_last)
+            except BaseException:  # what this write chunked or built may not be stored: reuse none of it
+                self.memo.forget(lineage)
+                self._trees.pop(lineage, None)
+                raise
+            self._trees[lineage] = levels
+            self._trees.move_to_end(lineage)
+            while len(self._trees) > MAX_LINEAGES:
+                self._trees.popitem(last=False)
             return snap_id, fields
+
+    def _write(self, kind: str, streams: list[Stream], lineage: tuple[str, str], description: str | None,
+               metadata: dict | None, structure_last: bool) -> tuple[bytes, dict, list[tree.Level]]:
+        self._refresh_marks(max_age=self.config.gc_grace / 2)
+        checked = time.monotonic()
+        with _NewChunks(self) as new:
+            new.add([h for s in streams if s.entries is not None for h, _ in s.entries], {}, KIND_DATA)
+            entries, chunks = self._chunk_streams(streams, lambda hs, chunks: new.add(hs, chunks, KIND_DATA), lineage)
+            # the nodes the lineage's last snapshot stored are reused unless gc may be removing some
+            previous = None if self.index.has_condemned() else self._trees.get(lineage)
+            root, height, nodes, levels = tree.build(entries, self.hasher, previous)
+            chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
+            new.add([h for h, _ in nodes], chunks, KIND_NODE)
+            packs = new.finish()
+        head = self.index.head(*lineage)
+        fields = {
+            "v": manifest.VERSION, "kind": kind, "agent": lineage[0], "session": lineage[1],
+            "parent": head[0] if head else None, "index": head[1]["index"] + 1 if head else 0,
+            "time": time.time(), "desc": description, "meta": metadata or {}, "root": root, "height": height,
+            "raw": levels[-1].parents[0][1], "struct": len(streams[-1 if structure_last else 0].data),
+            "chunks": len(entries),
+            "new_chunks": sum(1 for _, _, ents in packs for e in ents if e.kind == KIND_DATA),
+            "stored": sum(size for _, size, _ in packs),
+        }
+        if structure_last:
+            fields["tail"] = True
+        snap_id, data = manifest.encode(fields, self.hasher)
+        self.backend.put(manifest_key(snap_id), self.seal_manifest(snap_id, data))
+        if time.monotonic() - checked > self.config.gc_grace / 2:
+            written = {e.hash for _, _, ents in packs for e in ents}
+            wanted = [h for h, _ in entries if h not in written]
+            tree_nodes = [h for lv in levels for h, _ in lv.parents if h not in written]
+            packs += self._repair_slow_write(snap_id, wanted, tree_nodes, chunks)
+        self.index.commit(packs, [(snap_id, fields)])
+        self._cache_written(chunks, packs)
+        return snap_id, fields, levels
 
     def _repair_slow_write(self, snap_id: bytes, data: list[bytes], nodes: list[bytes], chunks: dict[bytes, tuple]
                            ) -> list[tuple[bytes, int, list[PackEntry]]]:
@@ -677,6 +695,7 @@ class Repository:
             self.index.set_meta("repo_id", self.config.repo_id.encode())
             self.cache.clear()
             self.memo.forget()
+            self._trees.clear()
             return self.sync()
 
     def _read_trailers(self, keys: list[str]) -> list[tuple[bytes, int, list[PackEntry]]]:
@@ -794,6 +813,7 @@ class _NewChunks:
         self.repo = repo
         self.queued: set[bytes] = set()
         self.puts: list[Future] = []
+        self.finishing = False
         self.packer = _Packer(repo, self._put)
 
     def add(self, hashes: list[bytes], chunks: dict[bytes, tuple[memoryview, int]], kind: int) -> None:
@@ -810,6 +830,7 @@ class _NewChunks:
 
     def finish(self) -> list[tuple[bytes, int, list[PackEntry]]]:
         """Store the rest and wait until every pack is durable: (pack id, size, entries) per pack."""
+        self.finishing = True
         self.packer.finish()
         wait(self.puts)
         return [put.result() for put in self.puts]
@@ -821,6 +842,11 @@ class _NewChunks:
         wait(self.puts)
 
     def _put(self, writer: PackWriter) -> None:
+        if self.finishing and not self.puts:  # the only pack (a small snapshot): no hand-off to the pool
+            done: Future = Future()
+            done.set_result(self._finalize_and_put(writer))
+            self.puts.append(done)
+            return
         if len(self.puts) >= PUTS_AHEAD:
             self.puts[-PUTS_AHEAD].result()
         self.puts.append(self.repo.pool.submit(self._finalize_and_put, writer))

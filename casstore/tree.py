@@ -22,6 +22,7 @@ of an encrypted repository therefore needs that repository's id key.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,22 +60,67 @@ def node_hash(data: bytes) -> bytes:
     return blake3.blake3(data).digest()
 
 
-def build(entries: list[Entry], digest: Digest | None = None) -> tuple[bytes, int, list[tuple[bytes, bytes]]]:
-    """Return (root hash, height, [(node hash, node bytes)]) for a chunk list."""
+@dataclass
+class Level:
+    """One level of a built tree: its entries, where its nodes end, and the nodes' (hash, size)."""
+
+    entries: list[Entry]
+    ends: list[int]
+    parents: list[Entry]
+    closed: bool  # the last node ends at a cut, not just where the entries ran out
+
+
+def build(entries: list[Entry], digest: Digest | None = None, previous: list[Level] | None = None
+          ) -> tuple[bytes, int, list[tuple[bytes, bytes]], list[Level]]:
+    """Return (root hash, height, [(node hash, node bytes)] made here, levels) for a chunk list.
+
+    With previous (the levels of an earlier build), every node that ends
+    before the two lists differ is the same node, since cuts depend only on
+    content: it is reused, not encoded and hashed again, and not returned
+    (the earlier build stored it). An agent's list that grows at its end
+    thus costs the nodes of its last path, not a walk over all of it.
+    """
     digest = digest or node_hash
     nodes: list[tuple[bytes, bytes]] = []
+    levels: list[Level] = []
     level, current = 0, entries
     while True:
-        groups = _split(current)
-        parents = []
-        for group in groups:
+        old = previous[level] if previous is not None and level < len(previous) else None
+        keep = _reusable(old, current) if old is not None else 0
+        ends = old.ends[:keep] if keep else []
+        parents = old.parents[:keep] if keep else []
+        start = ends[-1] if ends else 0
+        for group in _split(current[start:]) if start < len(current) or not current else ():
             data = encode_node(level, group)
             h = digest(data)
             nodes.append((h, data))
+            start += len(group)
+            ends.append(start)
             parents.append((h, sum(s for _, s in group)))
+        last_size = ends[-1] - (ends[-2] if len(ends) > 1 else 0)
+        closed = bool(current) and (_cut_after(current[-1][0]) or last_size == MAX_FANOUT)
+        levels.append(Level(current, ends, parents, closed))
         if len(parents) == 1:
-            return parents[0][0], level + 1, nodes
+            return parents[0][0], level + 1, nodes, levels
         level, current = level + 1, parents
+
+
+def _reusable(old: Level, current: list[Entry]) -> int:
+    """How many of old's nodes current starts with: those ending before the first difference
+    (the last one only if it ended at a cut; otherwise current may continue it)."""
+    same = 0
+    for a, b in zip(old.entries, current):
+        if a is not b and a != b:
+            break
+        same += 1
+    keep = bisect_right(old.ends, same)
+    if keep == len(old.ends) and not (old.closed and same == len(old.entries)):
+        keep -= 1
+    return max(keep, 0)
+
+
+def _cut_after(h: bytes) -> bool:
+    return h[0] & _MASK == 0
 
 
 def _split(entries: list[Entry]) -> list[list[Entry]]:
@@ -82,7 +128,7 @@ def _split(entries: list[Entry]) -> list[list[Entry]]:
         return [[]]
     groups, start = [], 0
     for i, (h, _) in enumerate(entries):
-        if h[0] & _MASK == 0 or i + 1 - start == MAX_FANOUT:
+        if _cut_after(h) or i + 1 - start == MAX_FANOUT:
             groups.append(entries[start:i + 1])
             start = i + 1
     if start < len(entries):

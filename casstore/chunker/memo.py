@@ -16,6 +16,7 @@ data, so a buffer changed after the snapshot cannot make a stale hash look curre
 from __future__ import annotations
 
 from collections import OrderedDict
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Any, Hashable
 
@@ -73,7 +74,7 @@ class StreamMemo:
             streams.pop(position, None)
             return
         reuse = entries[:-2]
-        resume = sum(n for _, n in reuse)
+        resume = sum(map(itemgetter(1), reuse))
         check_end = resume + entries[-2][1]
         if found is not None and found[0].check_end <= check_end:  # extend the hash lookup() took
             hasher = found[1]
