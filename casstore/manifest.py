@@ -33,6 +33,7 @@ Here `digest` is the repository's hasher, plain BLAKE3 by default.
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import blake3
@@ -53,6 +54,7 @@ PRIMER = msgpack.packb({
 }, use_bin_type=True)
 _DICT = zstandard.ZstdCompressionDict(PRIMER, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_local = threading.local()
 _REQUIRED = {"v": int, "kind": str, "agent": str, "session": str, "index": int, "time": float,
              "root": bytes, "height": int, "raw": int, "struct": int, "chunks": int}
 
@@ -66,9 +68,18 @@ def encode(fields: dict, digest: Callable[[bytes], bytes] | None = None) -> tupl
     return (digest(data) if digest else blake3.blake3(data).digest()), data
 
 
+def _contexts() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    """This thread's primed zstd contexts (building one costs more than a manifest's decode)."""
+    ctx = getattr(_local, "ctx", None)
+    if ctx is None:
+        ctx = _local.ctx = (zstandard.ZstdCompressor(level=3, dict_data=_DICT, write_dict_id=False),
+                            zstandard.ZstdDecompressor(dict_data=_DICT))
+    return ctx
+
+
 def pack(data: bytes) -> bytes:
     """The stored form of manifest bytes (format 2): zstd primed with PRIMER."""
-    return zstandard.ZstdCompressor(level=3, dict_data=_DICT, write_dict_id=False).compress(data)
+    return _contexts()[0].compress(data)
 
 
 def unpack(stored: bytes | memoryview, name: str = "manifest") -> bytes:
@@ -76,7 +87,7 @@ def unpack(stored: bytes | memoryview, name: str = "manifest") -> bytes:
     if bytes(stored[:4]) != _ZSTD_MAGIC:
         return bytes(stored)
     try:
-        return zstandard.ZstdDecompressor(dict_data=_DICT).decompress(stored, max_output_size=MAX_MANIFEST)
+        return _contexts()[1].decompress(stored, max_output_size=MAX_MANIFEST)
     except zstandard.ZstdError as e:
         raise IntegrityError(f"snapshot {name}: manifest does not decompress: {e}") from e
 
