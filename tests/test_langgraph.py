@@ -324,3 +324,29 @@ def test_prune_keeps_the_latest_checkpoint_that_carries_older_writes(tmp_path):
         left = list(saver.list({"configurable": {"thread_id": "p"}}))
         assert [t.checkpoint["id"] for t in left] == [cfg["configurable"]["checkpoint_id"]]
         assert len(saver.store.list("langgraph:p")) == 1
+
+
+def test_written_messages_are_stored_as_references_into_the_next_checkpoint(tmp_path):
+    """A message a task wrote, which the next checkpoint's list holds, is stored once: the write
+    keeps its index in that list. Empty and non-list values keep their place among the rows."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    repo = str(tmp_path / "repo")
+    msgs = [HumanMessage(f"question {i} " + "q" * 300, id=f"h{i}") for i in range(3)]
+    reply = AIMessage("short reply", id="ai-1")
+    with CasstoreSaver.from_url(repo, writes_linger=60) as saver:
+        base = {"configurable": {"thread_id": "r", "checkpoint_ns": ""}}
+        c1 = {**empty_checkpoint(), "id": "1ef00000-0000-6000-8000-000000000001",
+              "channel_values": {"messages": msgs}}
+        cfg1 = saver.put(base, c1, {"source": "loop", "step": 0, "parents": {}}, {})
+        writer = _writes_riding(saver, cfg1, [("messages", [reply]), ("empty", []), ("flag", 3)], "task-1")
+        c2 = {**empty_checkpoint(), "id": "1ef00000-0000-6000-8000-000000000002",
+              "channel_values": {"messages": msgs + [reply]}}
+        saver.put(cfg1, c2, {"source": "loop", "step": 1, "parents": {}}, {})
+        writer.join(10)
+        stored = saver.store.restore(saver.store.list("langgraph:r")[-1].id)
+        assert stored["items"] == [3, stored["items"][1]] and isinstance(stored["items"][1], bytes)
+        assert [r[5] for r in stored["rows"]] == [1, 0, -1]
+    with CasstoreSaver.from_url(repo) as fresh:
+        writes = fresh.get_tuple(cfg1).pending_writes
+        assert writes == [("task-1", "messages", [reply]), ("task-1", "empty", []), ("task-1", "flag", 3)]

@@ -44,7 +44,9 @@ Layout in the repository
   a checkpoint is read (a repeated regular write keeps the first value, a
   special write such as an error or interrupt keeps the last). Deleting a
   checkpoint whose snapshot carries writes of a kept checkpoint stores those
-  rows again first. Format 1 (one snapshot per call) is still read.
+  rows again first. A written value that the carrying checkpoint's own list
+  holds (a message the reducer appended) is stored as its index in that list
+  (state format 3). Formats 1 (one snapshot per call) and 2 are still read.
 * ``delete_thread`` / ``prune`` / ``delete_for_runs`` delete snapshots with
   ``Store.delete``; their chunks are reclaimed by ``casstore gc``.
   ``copy_thread`` re-snapshots each stored state under the target thread,
@@ -105,7 +107,8 @@ __all__ = ["CasstoreSaver", "AGENT_PREFIX"]
 AGENT_PREFIX = "langgraph:"
 ROOT_SESSION = "default"
 WRITES_SUFFIX = "#writes"
-FORMAT = 2  # 2: write rows name their checkpoint, values in a list of their own (1 is still read)
+FORMAT = 3  # 3: a write value may be an index into the snapshot's own list (_pack_rows); 1 and 2 still read
+REF_WINDOW = 64  # a write value is looked for among this many last items of its channel's list
 KIND_CHECKPOINT = "checkpoint"
 KIND_WRITES = "writes"
 MAX_CACHED_THREADS = 256
@@ -563,7 +566,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             jobs = [q for q in self._queue if q.tid == tid and q.ns == ns and take(q)]
             self._queue = [q for q in self._queue if q not in jobs]
         if jobs:
-            state = {**state, **_pack_rows([row for q in jobs for row in q.rows])}
+            state = {**state, **_pack_rows([row for q in jobs for row in q.rows], state.get("lists"))}
             meta = {**meta, "writes": [[q.cid, q.task_id, q.keys] for q in jobs]}
             cost += sum(q.cost for q in jobs)
         session = session_id(ns) + ("" if meta["langgraph"] == KIND_CHECKPOINT else WRITES_SUFFIX)
@@ -752,29 +755,41 @@ def _snapshots_of(th: _Thread, doomed: set[tuple[str, str]]) -> tuple[list[str],
     return sorted(delete), rescue
 
 
-def _pack_rows(rows: list[list]) -> dict:
+def _pack_rows(rows: list[list], lists: dict[str, list] | None = None) -> dict:
     """Write rows as stored: the values (serde items) in one flat list of their own, so a
-    message written by a task is the same list item, and chunk, as in the next checkpoint."""
+    message written by a task is the same list item, and chunk, as in the next checkpoint.
+
+    With lists (the snapshot's own channel lists), a value that is one of the last
+    REF_WINDOW items of its channel's list (a message a task wrote, which the reducer
+    appended) is stored as its index there instead: a short message would otherwise
+    be stored twice, in the write and, grouped with its neighbours, in the list.
+    """
     heads, items = [], []
+    found: dict[str, dict[bytes, int]] = {}
     for cid, task_id, channel, idx, task_path, value in rows:
-        if isinstance(value, list):
-            heads.append([cid, task_id, channel, idx, task_path, len(value)])
-            items += value
-        else:
-            heads.append([cid, task_id, channel, idx, task_path, -1])
-            items.append(value)
+        values = value if isinstance(value, list) else [value]
+        heads.append([cid, task_id, channel, idx, task_path, len(values) if isinstance(value, list) else -1])
+        if lists and channel in lists and channel not in found:
+            tail = lists[channel][-REF_WINDOW:]
+            start = len(lists[channel]) - len(tail)
+            found[channel] = {item: start + i for i, item in enumerate(tail)}
+        refs = found.get(channel)
+        items += [refs.get(v, v) for v in values] if refs else values
     return {"rows": heads, "items": items}
 
 
 def _write_rows(state: dict) -> Iterator[tuple]:
     """(checkpoint id or None, task id, channel, index, task path, item or items) of every stored
-    write row, in either format (1: inline values, no checkpoint id; 2: _pack_rows)."""
+    write row, in any format (1: inline values, no checkpoint id; 2 and 3: _pack_rows, where 3
+    may store a value as an index into the snapshot's list of that channel)."""
     if "rows" in state:
         items, at = state["items"], 0
+        lists = state.get("lists") or {}
         for cid, task_id, channel, idx, task_path, n in state["rows"]:
-            value = items[at] if n < 0 else items[at:at + n]
-            at += 1 if n < 0 else n
-            yield cid, task_id, channel, idx, task_path, value
+            count = 1 if n < 0 else n
+            values = [lists[channel][v] if type(v) is int else v for v in items[at:at + count]]
+            at += count
+            yield cid, task_id, channel, idx, task_path, values[0] if n < 0 else values
         return
     for row in state.get("writes", ()):
         yield (None, *row)
