@@ -75,7 +75,7 @@ def _human(turn):
 def test_chat_graph_history_resume_time_travel_fork(tmp_path):
     repo = str(tmp_path / "repo")
     store = casstore.open(repo)
-    saver = CasstoreSaver(store)
+    saver = CasstoreSaver(store, writes_linger=1)  # task writes wait for the next checkpoint even on a loaded machine
     graph = _graph(saver, interrupt_before=["tools"])
     config = {"configurable": {"thread_id": "chat-1"}}
     turns, interrupts = 50, 0
