@@ -32,10 +32,12 @@ Layout in the repository
   one flat list beside them, so that a message a task wrote is the same list
   item, and the same chunk, as in the next checkpoint's message list (stored
   once). LangGraph stores a step's task writes and, right after, the next
-  checkpoint, so a call waits up to ``writes_linger`` seconds (0.05 by
-  default) for the next ``put`` of its lineage to carry its rows in that
-  checkpoint's snapshot; if none comes (an interrupt, an error, a caller that
-  waits for ``put_writes`` before it puts), the queued calls are stored
+  checkpoint, so a call waits for the next ``put`` of its lineage to carry
+  its rows in that checkpoint's snapshot. It stops waiting once
+  ``writes_linger`` seconds (0.05 by default) pass with no ``put`` of the
+  lineage in progress (LangGraph starts a put only when the previous one is
+  done); if none came (an interrupt, an error, a caller that waits for
+  ``put_writes`` before it puts), the queued calls are stored
   together as a snapshot of their own in the sibling lineage
   ``<session>#writes``. Either way a call returns once its rows are durable.
   The snapshot metadata lists ``[checkpoint id, task id, write indexes]``
@@ -260,6 +262,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         self._states = _StateCache(state_cache_bytes)
         self._io = threading.Lock()  # one snapshot write at a time; taken before _lock, never inside it
         self._queue: list[_Queued] = []  # pending writes not yet in a snapshot
+        self._putting: dict[tuple[str, str], int] = {}  # (thread, ns) -> puts in progress
 
     @classmethod
     def from_url(cls, url: str | None = None, *, serde: SerializerProtocol | None = None,
@@ -538,6 +541,18 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         md.pop("writes", None)
         cid = checkpoint["id"]
         with self._lock:
+            self._putting[(tid, ns)] = self._putting.get((tid, ns), 0) + 1
+        try:
+            return self._put(tid, ns, cid, parent_id, c, values, md)
+        finally:
+            with self._lock:
+                self._putting[(tid, ns)] -= 1
+                if not self._putting[(tid, ns)]:
+                    del self._putting[(tid, ns)]
+
+    def _put(self, tid: str, ns: str, cid: str, parent_id: str | None, c: dict, values: dict, md: dict
+             ) -> RunnableConfig:
+        with self._lock:
             state, cost = self._encode_checkpoint(tid, ns, c, values)
             meta = {"langgraph": KIND_CHECKPOINT, **_ns_field(ns), "checkpoint_id": cid,
                     "parent_checkpoint_id": parent_id, **self._metadata_fields(md)}
@@ -609,7 +624,11 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 return
             job = _Queued(tid, ns, cid, task_id, rows, keys, cost + 64 * len(rows))
             self._queue.append(job)
-        if not job.done.wait(self.writes_linger):  # no checkpoint took them meanwhile: a snapshot of their own
+        while not job.done.wait(self.writes_linger):
+            with self._lock:
+                if not self._putting.get((tid, ns)):
+                    break  # no checkpoint of the lineage on its way took them: a snapshot of their own
+        if not job.done.is_set():
             with self._io:
                 if not job.done.is_set():
                     self._commit(tid, ns, {"format": FORMAT}, 0, {"langgraph": KIND_WRITES, **_ns_field(ns)}, None,
