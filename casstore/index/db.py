@@ -135,14 +135,12 @@ class Index:
         """Move summaries of an index written by an earlier version (``snaps``) to ``summaries``."""
         try:
             old = self.env.open_db(b"snaps", create=False)
-        except lmdb.NotFoundError:
-            return
-        with self.env.begin(write=True) as txn:
-            if not txn.stat(old)["entries"]:
-                return
-            for sid, raw in list(txn.cursor(db=old)):
-                self._put_summary(txn, bytes(sid), msgpack.unpackb(raw, raw=False, strict_map_key=False), raw)
-            txn.drop(old, delete=True)
+            with self.env.begin(write=True) as txn:
+                for sid, raw in list(txn.cursor(db=old)):
+                    self._put_summary(txn, bytes(sid), msgpack.unpackb(raw, raw=False, strict_map_key=False), raw)
+                txn.drop(old, delete=True)
+        except (lmdb.NotFoundError, lmdb.BadDbiError):
+            return  # nothing to convert, or another process converted it meanwhile
 
     def close(self) -> None:
         if self.env is not None:
