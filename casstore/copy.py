@@ -88,7 +88,7 @@ def _copy_one(src: Repository, dst: Repository, sid: bytes, fields: dict, report
     data = src.manifest_plaintext(sid)
     if manifest.decode(data, sid, src.hasher)["root"] != fields["root"]:
         raise IntegrityError(f"snapshot {sid.hex()}: manifest in {src.backend.url} differs from the index")
-    nodes = tree.node_hashes(fields["root"], fields["height"], src.fetch_nodes, src.hasher)
+    nodes = tree.node_hashes(fields["root"], fields["height"], src.fetch_nodes)
     hashes = list(dict.fromkeys([*nodes, *(h for h, _ in src.entries(fields))]))
     with dst._lock:
         dst._refresh_marks(max_age=dst.config.gc_grace / 2)
@@ -102,7 +102,7 @@ def _copy_one(src: Repository, dst: Repository, sid: bytes, fields: dict, report
     report.bytes_sent += sum(size for _, size, _ in packs) + len(data)
     if verify:
         dst._load(todo, lambda h, view: None)           # hash-checked read back of what was sent
-        tree.node_hashes(fields["root"], fields["height"], partial(dst.fetch_nodes, cached=False), dst.hasher)
+        tree.node_hashes(fields["root"], fields["height"], partial(dst.fetch_nodes, cached=False))
 
 
 def _send(src: Repository, dst: Repository, todo: list[bytes]) -> list[tuple[bytes, int, list[PackEntry]]]:

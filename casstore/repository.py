@@ -488,7 +488,7 @@ class Repository:
         return out
 
     def entries(self, fields: dict) -> list[tree.Entry]:
-        return tree.leaf_entries(fields["root"], fields["height"], self.fetch_nodes, self.hasher)
+        return tree.leaf_entries(fields["root"], fields["height"], self.fetch_nodes)
 
     def read(self, fields: dict, start: int = 0, end: int | None = None,
              entries: list[tree.Entry] | None = None) -> memoryview:

@@ -221,7 +221,7 @@ class Store:
             chunk = bytes.fromhex(chunk_hash)
         except ValueError:
             raise ConfigurationError(f"{chunk_hash!r} is not a chunk hash (hex)") from None
-        proof = tree.prove(fields["root"], fields["height"], self._repo.fetch_nodes, chunk, self._repo.hasher)
+        proof = tree.prove(fields["root"], fields["height"], self._repo.fetch_nodes, chunk)
         if proof is None:
             raise ChunkNotFoundError(f"chunk {chunk_hash} is not part of snapshot {sid.hex()}")
         return proof

@@ -53,7 +53,7 @@ def decode_node(data: bytes | memoryview, expect_level: int | None = None) -> tu
         raise IntegrityError(f"tree node header does not match its {len(data)} bytes")
     if expect_level is not None and level != expect_level:
         raise IntegrityError(f"tree node at level {level}, expected {expect_level}")
-    return level, [_ITEM.unpack_from(data, _HEAD.size + i * _ITEM.size) for i in range(count)]
+    return level, list(_ITEM.iter_unpack(memoryview(data)[_HEAD.size:]))
 
 
 def node_hash(data: bytes) -> bytes:
@@ -136,37 +136,34 @@ def _split(entries: list[Entry]) -> list[list[Entry]]:
     return groups
 
 
+# Node bytes by hash, each already checked against its hash (Repository.fetch_nodes reads them
+# through the same BLAKE3 check as every chunk), so a walk does not hash them again.
 FetchNodes = Callable[[list[bytes]], dict[bytes, bytes]]
 
 
-def walk_levels(root: bytes, height: int, fetch: FetchNodes,
-                digest: Digest | None = None) -> list[list[tuple[bytes, list[Entry]]]]:
+def walk_levels(root: bytes, height: int, fetch: FetchNodes) -> list[list[tuple[bytes, list[Entry]]]]:
     """Read the whole tree, top level first: levels[i] = [(node hash, entries)] in order."""
     if not 1 <= height <= MAX_HEIGHT:
         raise IntegrityError(f"tree height {height} is outside 1..{MAX_HEIGHT}")
-    digest = digest or node_hash
     levels = []
     hashes = [root]
     for level in range(height - 1, -1, -1):
-        data = fetch(list(dict.fromkeys(hashes)))
-        row = []
-        for h in hashes:
-            raw = data[h]
-            if digest(raw) != h:
-                raise IntegrityError(f"tree node {h.hex()} does not match its hash")
-            row.append((h, decode_node(raw, level)[1]))
+        unique = list(dict.fromkeys(hashes))
+        data = fetch(unique)
+        decoded = {h: decode_node(data[h], level)[1] for h in unique}
+        row = [(h, decoded[h]) for h in hashes]
         levels.append(row)
         hashes = [c for _, entries in row for c, _ in entries]
     return levels
 
 
-def leaf_entries(root: bytes, height: int, fetch: FetchNodes, digest: Digest | None = None) -> list[Entry]:
+def leaf_entries(root: bytes, height: int, fetch: FetchNodes) -> list[Entry]:
     """The snapshot's chunk list, in order."""
-    return [e for _, entries in walk_levels(root, height, fetch, digest)[-1] for e in entries]
+    return [e for _, entries in walk_levels(root, height, fetch)[-1] for e in entries]
 
 
-def node_hashes(root: bytes, height: int, fetch: FetchNodes, digest: Digest | None = None) -> list[bytes]:
-    return [h for row in walk_levels(root, height, fetch, digest) for h, _ in row]
+def node_hashes(root: bytes, height: int, fetch: FetchNodes) -> list[bytes]:
+    return [h for row in walk_levels(root, height, fetch) for h, _ in row]
 
 
 @dataclass(frozen=True)
@@ -187,9 +184,9 @@ class Proof:
         return cls(str(d["chunk"]), steps)
 
 
-def prove(root: bytes, height: int, fetch: FetchNodes, chunk: bytes, digest: Digest | None = None) -> Proof | None:
+def prove(root: bytes, height: int, fetch: FetchNodes, chunk: bytes) -> Proof | None:
     """Proof that chunk is in the tree, or None when it is not."""
-    levels = walk_levels(root, height, fetch, digest)
+    levels = walk_levels(root, height, fetch)
     by_hash = {h: entries for row in levels for h, entries in row}
 
     def search(h: bytes, level: int) -> list | None:
