@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from array import array
 from typing import Any
 
 import zstandard
@@ -22,6 +23,7 @@ ZSTD = 1
 ZSTD_SHUFFLE = 2
 
 MAX_CHUNK = 64 << 20  # no chunk is larger; a header claiming more is refused
+SCRATCH = 4 << 20  # shuffled bytes decoded per step by inflate_into, in a buffer each thread keeps
 MULTI_MIN = 256 << 10  # raw bytes from which compress_many spreads chunks over threads
 _MULTI = zstandard.backend == "cext"  # multi_compress_to_buffer is in the C backend only
 
@@ -64,26 +66,82 @@ class Codec:
         if method == RAW:
             _check_raw(stored, raw_len)
             return stored
-        out = self._inflate(method, stored, raw_len)
+        return self.unfilter(method, self._inflate(method, stored, raw_len), itemsize)
+
+    def inflate_many(self, chunks: list[tuple[int, bytes | memoryview, int]], threads: int = 1) -> list[bytes | memoryview]:
+        """The zstd output of each (method, stored, raw_len) chunk (a raw chunk's stored bytes), to be
+        finished by unfilter(); every output holds exactly raw_len bytes.
+
+        All zstd frames go to zstd in one call, which decodes them in C on `threads`
+        threads without taking the GIL back between frames: a Python call per frame
+        costs as much as decoding a small chunk, and would hand the GIL to and fro.
+        """
+        frames: list[bytes | memoryview] = []
+        sizes = array("Q")
+        for method, stored, raw_len in chunks:
+            if method == RAW:
+                _check_raw(stored, raw_len)
+            elif method in (ZSTD, ZSTD_SHUFFLE):
+                _check_bound(raw_len)
+                frames.append(stored)
+                sizes.append(raw_len)
+            else:
+                raise IntegrityError(f"unknown compression method {method}")
+        if not _MULTI or len(frames) < 2:
+            return [stored if method == RAW else self._inflate(method, stored, raw_len) for method, stored, raw_len in chunks]
+        try:
+            decoded = iter(self._ctx()[1].multi_decompress_to_buffer(frames, decompressed_sizes=sizes, threads=threads))
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"zstd frame does not decode: {e}") from e
+        return [stored if method == RAW else memoryview(next(decoded)) for method, stored, _ in chunks]
+
+    def unfilter(self, method: int, data: bytes | memoryview, itemsize: int,
+                 out: memoryview | None = None) -> bytes | memoryview:
+        """Finish an inflated chunk: unshuffle it when it was shuffled, into out when given (its
+        exact length; the data is copied there in any case), else into a new buffer."""
         if method == ZSTD_SHUFFLE:
-            return unshuffle(out, itemsize)
+            if out is None:
+                return unshuffle(data, itemsize)
+            unshuffle_into(data, out, itemsize)
+            return out
+        if out is None:
+            return data
+        if len(out) != len(data):
+            raise IntegrityError(f"chunk of {len(data)} bytes does not fit a {len(out)}-byte place")
+        out[:] = data
         return out
 
-    def decompress_into(self, method: int, stored: bytes | memoryview, out: memoryview, itemsize: int = 0) -> None:
-        """decompress() writing the chunk into out, which is exactly its raw length.
+    def inflate_into(self, method: int, frames: bytes | memoryview, out: memoryview, itemsize: int = 0,
+                     size: int = 0) -> None:
+        """zstd-decode adjacent frames (chunks stored back to back) straight into out, which their
+        raw bytes fill exactly; shuffled ones are all `size` bytes long and are unshuffled SCRATCH
+        bytes at a time.
 
-        A shuffled chunk is unshuffled straight into out, and nothing else is
-        copied twice: only zstd's own output is a temporary.
+        One call per run of chunks: no Python step and no temporary per chunk, and a
+        plain chunk is never copied (the ranged read holds the frames, out their output).
         """
-        if method == RAW:
-            _check_raw(stored, len(out))
-            out[:] = stored
+        if method not in (ZSTD, ZSTD_SHUFFLE):
+            raise IntegrityError(f"unknown compression method {method}")
+        reader = self._ctx()[1].stream_reader(frames, read_across_frames=True)
+        if method == ZSTD:
+            _fill(reader, out)
             return
-        data = self._inflate(method, stored, len(out))
-        if method == ZSTD_SHUFFLE:
-            unshuffle_into(data, out, itemsize)
-        else:
-            out[:] = data
+        if size <= 0 or len(out) % size:
+            raise IntegrityError(f"{len(out)} bytes of shuffled chunks do not split into {size}-byte chunks")
+        step = max(1, SCRATCH // size) * size
+        scratch = self._scratch(min(step, len(out)))
+        for start in range(0, len(out), step):
+            piece = out[start:start + step]
+            _fill(reader, scratch[:len(piece)])
+            unshuffle_into(scratch[:len(piece)], piece, itemsize, len(piece) // size)
+
+    def _scratch(self, nbytes: int) -> memoryview:
+        """This thread's buffer for shuffled bytes: kept, so its pages are faulted in once, not per run."""
+        buf = getattr(self._local, "scratch", None)
+        if buf is None or len(buf) < nbytes:
+            import numpy as np
+            buf = self._local.scratch = memoryview(np.empty(max(nbytes, SCRATCH), dtype=np.uint8))
+        return buf
 
     def _inflate(self, method: int, stored: bytes | memoryview, raw_len: int) -> bytes:
         """zstd-decode a frame that must hold exactly raw_len bytes."""
@@ -123,13 +181,27 @@ def unshuffle(data: bytes, itemsize: int) -> memoryview:
     return out
 
 
-def unshuffle_into(data: bytes, out: memoryview, itemsize: int) -> None:
-    """Undo shuffle() into out, one byte plane at a time (a contiguous read per plane is
-    ~3x faster than numpy's transposed copy of the whole block)."""
-    if itemsize <= 1 or len(data) % itemsize or len(out) != len(data):
+def unshuffle_into(data: bytes | memoryview, out: memoryview, itemsize: int, count: int = 1) -> None:
+    """Undo shuffle() of count equal chunks laid back to back in data, into out: one numpy
+    copy per byte plane for them all (a contiguous read per plane is ~3x faster than numpy's
+    transposed copy, and one call for many chunks saves the per-call overhead of each)."""
+    if itemsize <= 1 or len(data) % (itemsize * count) or len(out) != len(data):
         raise IntegrityError(f"shuffled chunk of {len(data)} bytes does not split into {itemsize}-byte items")
     import numpy as np
-    planes = np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1)
-    items = np.frombuffer(out, dtype=np.uint8).reshape(-1, itemsize)
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(count, itemsize, -1)
+    items = np.frombuffer(out, dtype=np.uint8).reshape(count, -1, itemsize)
     for k in range(itemsize):
-        items[:, k] = planes[k]
+        items[:, :, k] = planes[:, k]
+
+
+def _fill(reader: Any, out: memoryview) -> None:
+    """Read a zstd stream reader until out is full; IntegrityError when the frames end first."""
+    done = 0
+    try:
+        while done < len(out):
+            n = reader.readinto(out[done:])
+            if not n:
+                raise IntegrityError(f"zstd frames decompressed to {done} bytes, expected {len(out)}")
+            done += n
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"zstd frame does not decode: {e}") from e

@@ -23,6 +23,7 @@ repository: it goes to the per-user cache folder even for a local one.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from bisect import bisect_right
@@ -30,14 +31,14 @@ import time
 from collections import OrderedDict, defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from . import crypto, manifest, tree
 from .backend import Backend
 from .cache import DEFAULT_CACHE_BYTES, ChunkCache
 from .chunker import Chunker
 from .chunker.memo import MAX_LINEAGES, Known, StreamMemo
-from .compress import Codec
+from .compress import RAW, ZSTD_SHUFFLE, Codec
 from .config import RepoConfig, cache_dir
 from .errors import AuthenticationError, ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError
 from .index import Index, Location
@@ -54,7 +55,8 @@ MAX_READ = 16 << 20         # ...but keep one ranged read below this size
 # 2.3 s with the CPU-sized pool (4 threads on 2 cores) and 1.0 s with 16 threads
 # (botocore keeps 10 connections unless max_pool_connections is raised).
 REMOTE_READ_WORKERS = 16
-LOCAL_BATCH = 4 << 20       # stored bytes per reading thread for a local repository (less: read inline)
+PREFAULT_MIN = 32 << 20     # restore buffers from this size are faulted in ahead (see _prefault)
+LOCAL_INLINE = 8 << 20      # a local read of fewer stored bytes runs inline, without the read pool
 COMPRESS_BATCH = 8 << 20    # raw bytes per compression task (zstd spreads each over the cores)
 COMPRESS_AHEAD = 2          # compression tasks in flight at once: bounds the compressed bytes held
 PUTS_AHEAD = 2              # packs being finalized and put at once while the next fills
@@ -102,6 +104,17 @@ class Stream:
 
 Sink = Callable[[bytes, bytes | memoryview], None]   # gets each loaded chunk: (hash, verified bytes)
 Range = tuple[bytes, int, int, list[tuple[bytes, Location]]]  # pack id, start, end, the chunks inside
+Read = tuple[bytes, bytes, Location, bytes | memoryview]  # pack id, hash, location, stored bytes (opened)
+
+
+class Places(NamedTuple):
+    """Where the chunks of a read that land whole go: hash -> (offset in buf, size the chunk tree gives)."""
+
+    buf: memoryview
+    at: dict[bytes, tuple[int, int]]
+
+
+NO_PLACES = Places(memoryview(b""), {})
 
 
 class ReuseError(Exception):
@@ -132,6 +145,8 @@ class Repository:
         # REMOTE_READ_WORKERS); a local folder shares the CPU-sized pool.
         self.read_pool = self.pool if backend.is_local else ThreadPoolExecutor(
             max_workers=read_workers or REMOTE_READ_WORKERS, thread_name_prefix="casstore-read")
+        # Ranges read and decoded ahead of the one being checked (see _load_once).
+        self.read_ahead = (os.cpu_count() or 1) if backend.is_local else read_workers or REMOTE_READ_WORKERS
         self._lock = threading.RLock()
         self.cache = ChunkCache(cache_bytes)
         self._marks_seen = 0.0  # monotonic time of the last look at gc's condemned marks
@@ -500,26 +515,33 @@ class Repository:
         others are decoded once, then copied to each place).
         The buffer is a writable numpy allocation, not a zero-filled bytearray:
         every byte is overwritten by a verified chunk before it is returned, so
-        zeroing hundreds of megabytes first would be wasted work.
+        zeroing hundreds of megabytes first would be wasted work. A big buffer's
+        pages are faulted in on the pool while the tree is walked (see _prefault).
         """
-        entries = self.entries(fields) if entries is None else entries
         end = fields["raw"] if end is None else end
         import numpy as np  # loaded on first restore; gc and verify never need it
-        view = memoryview(np.empty(end - start, dtype=np.uint8))
-        spans: list[tuple[bytes, int, int, int]] = []  # (hash, dst, src_from, src_to), in order
-        sizes: dict[bytes, int] = {}
-        pos = 0
-        for h, n in entries:
-            lo, hi = max(pos, start), min(pos + n, end)
-            if lo < hi:
-                spans.append((h, lo - start, lo - pos, hi - pos))
-                if sizes.setdefault(h, n) != n:
-                    raise IntegrityError(f"chunk tree lists chunk {h.hex()} with two sizes, {sizes[h]} and {n}")
-            pos += n
-            if pos >= end:
-                break
-        if pos < end:
-            raise IntegrityError(f"chunk tree covers {pos} bytes, fewer than the {end} the manifest needs")
+        buf = np.empty(end - start, dtype=np.uint8)
+        faulting = self.pool.submit(_prefault, buf) if buf.nbytes >= PREFAULT_MIN else None
+        try:
+            entries = self.entries(fields) if entries is None else entries
+            spans: list[tuple[bytes, int, int, int]] = []  # (hash, dst, src_from, src_to), in order
+            sizes: dict[bytes, int] = {}
+            pos = 0
+            for h, n in entries:
+                lo, hi = max(pos, start), min(pos + n, end)
+                if lo < hi:
+                    spans.append((h, lo - start, lo - pos, hi - pos))
+                    if sizes.setdefault(h, n) != n:
+                        raise IntegrityError(f"chunk tree lists chunk {h.hex()} with two sizes, {sizes[h]} and {n}")
+                pos += n
+                if pos >= end:
+                    break
+            if pos < end:
+                raise IntegrityError(f"chunk tree covers {pos} bytes, fewer than the {end} the manifest needs")
+        finally:
+            if faulting is not None:
+                faulting.result()   # nothing writes into the buffer before it is done
+        view = memoryview(buf)
 
         got = self.cache.get_many(sizes)
         todo = [h for h in sizes if h not in got]
@@ -532,9 +554,9 @@ class Repository:
             once: dict[bytes, int] = {}   # hash -> where it lands, if it lands once and whole; else -1
             for h, dst, a, b in spans:
                 once[h] = dst if h not in once and b - a == sizes[h] else -1
-            into = {h: view[d:d + sizes[h]] for h in todo if (d := once[h]) >= 0}
-            self._load(todo, got.__setitem__, into)
-            spans = [s for s in spans if s[0] not in into]
+            places = Places(view, {h: (d, sizes[h]) for h in todo if (d := once[h]) >= 0})
+            self._load(todo, got.__setitem__, places)
+            spans = [s for s in spans if s[0] not in places.at]
         for h, dst, a, b in spans:
             data = got[h]
             if len(data) != sizes[h]:
@@ -542,28 +564,30 @@ class Repository:
             view[dst:dst + b - a] = data[a:b]
         return view
 
-    def _load(self, hashes: list[bytes], sink: Sink, into: dict[bytes, memoryview] | None = None) -> None:
+    def _load(self, hashes: list[bytes], sink: Sink, places: Places | None = None) -> None:
         """Fetch, verify and decompress chunks from storage (never the cache).
 
-        Each chunk goes to sink(hash, bytes), or is decoded straight into into[hash]
-        when into names a destination for it. A pack gc removed meanwhile
+        Each chunk goes to sink(hash, bytes), or is decoded straight into its
+        place when places names one for it. A pack gc removed meanwhile
         triggers one sync and retry.
         """
         try:
-            self._load_once(hashes, sink, into or {})
+            self._load_once(hashes, sink, places or NO_PLACES)
         except ObjectNotFoundError:
             self.sync()
-            self._load_once(hashes, sink, into or {})
+            self._load_once(hashes, sink, places or NO_PLACES)
 
-    def _load_once(self, hashes: list[bytes], sink: Sink, into: dict[bytes, memoryview]) -> None:
+    def _load_once(self, hashes: list[bytes], sink: Sink, places: Places) -> None:
         """Locate the chunks (one index transaction), then read them in coalesced ranges.
 
-        Remote reads wait on the network, so each range is its own task on the
-        read pool. Local reads take microseconds, so a pool task per range would
-        cost more than the read: a small restore runs inline, and a big one on
-        as many threads as cores (more only fight over the GIL), each taking the
-        next range from a shared queue, so zstd and BLAKE3 (which release the
-        GIL on big inputs) run side by side.
+        Reading and decoding a range (_decode_range) takes a few long calls that
+        release the GIL; checking each chunk's BLAKE3 takes a short call per chunk
+        that hands the GIL back and forth. So the read pool reads and decodes
+        ranges ahead (one per core for a local repository; many for a remote one,
+        whose reads wait on the network) while this thread alone checks the
+        chunks: two threads both running per-chunk steps would wait on each other
+        for the GIL at every step. A small local read runs inline, its zstd
+        frames decoded in one call on every core.
         """
         locs = self.index.locate(hashes)
         if len(locs) < len(hashes):
@@ -573,42 +597,108 @@ class Repository:
         if lost:
             raise IntegrityError(f"chunk {lost[0].hex()} (and {len(lost) - 1} more) is not in any known pack")
         ranges = _coalesce(locs)
-        if not self.backend.is_local:
-            _finish([self.read_pool.submit(self._read_range, r, sink, into) for r in ranges])
+        if self.backend.is_local and (len(ranges) < 2 or sum(end - base for _, base, end, _ in ranges) < LOCAL_INLINE):
+            self._check(*self._decode([self._read(r) for r in ranges], places, self.codec.threads), sink, places)
             return
-        total = sum(end - base for _, base, end, _ in ranges)
-        workers = max(1, min(os.cpu_count() or 1, total // LOCAL_BATCH, len(ranges)))
-        if workers == 1:
-            for r in ranges:
-                self._read_range(r, sink, into)
-            return
-        queue = iter(sorted(ranges, key=lambda r: r[1] - r[2]))  # biggest first, for an even finish
+        pending: deque[Future] = deque()
+        try:
+            for r in sorted(ranges, key=lambda r: r[1] - r[2]):   # biggest first: fewer stalls at the end
+                pending.append(self.read_pool.submit(self._read_and_decode, r, places))
+                if len(pending) > self.read_ahead:
+                    self._check(*pending.popleft().result(), sink, places)
+            while pending:
+                self._check(*pending.popleft().result(), sink, places)
+        finally:
+            for f in pending:
+                f.cancel()
+            wait(pending)
 
-        def drain() -> None:
-            try:
-                for r in queue:
-                    self._read_range(r, sink, into)
-            except BaseException:
-                for _ in queue:   # a failed read ends the restore: leave the other threads nothing to do
-                    pass
-                raise
+    def _read_and_decode(self, job: Range, places: Places) -> tuple[list[Read], list[bytes | memoryview]]:
+        return self._decode([self._read(job)], places)
 
-        _finish([self.read_pool.submit(drain) for _ in range(workers)])
+    def _read(self, job: Range) -> tuple[Range, memoryview]:
+        """One coalesced range and its bytes."""
+        pack_id, base, end, _ = job
+        return job, memoryview(self.backend.get_range(pack_key(pack_id), base, end))
 
-    def _read_range(self, job: Range, sink: Sink, into: dict[bytes, memoryview]) -> None:
-        """Read one coalesced range of a pack and decode its chunks."""
-        pack_id, base, end, group = job
-        buf = memoryview(self.backend.get_range(pack_key(pack_id), base, end))
-        for h, loc in group:
-            stored = buf[loc.offset - base:loc.offset - base + loc.stored_len]
-            out = into.get(h)
-            if out is None:
-                sink(h, self.decode_chunk(h, loc.method, stored, loc.raw_len, loc.itemsize, pack_id))
-                continue
-            if loc.raw_len != len(out):
-                raise IntegrityError(f"chunk {h.hex()} holds {loc.raw_len} bytes; the chunk tree says {len(out)}")
-            self.codec.decompress_into(loc.method, self._unseal(h, stored, pack_id), out, loc.itemsize)
-            self.verify_chunk(h, out, pack_id)
+    def _decode(self, reads: list[tuple[Range, memoryview]], places: Places,
+                threads: int = 1) -> tuple[list[Read], list[bytes | memoryview]]:
+        """Open and decompress the chunks of ranges read (not yet checked): (chunks, decoded bytes of each).
+
+        A chunk with a place is decoded straight into it, others into new
+        buffers. Chunks stored back to back whose places also follow each other
+        (a fresh snapshot's, usually) are decoded as one run (Codec.inflate_into):
+        no Python step, temporary or copy per chunk. The rest go to zstd in one
+        batch (Codec.inflate_many).
+        """
+        chunks: list[Read] = []
+        out: list[bytes | memoryview] = []
+        loose: list[int] = []
+        at, dst = places.at, places.buf
+        runs = not self.sealer.encrypted   # sealed chunks are opened one by one: their frames are not adjacent
+        for (pack_id, base, _, group), buf in reads:
+            i = 0
+            while i < len(group):
+                h, loc = group[i]
+                place = at.get(h)
+                if place is not None and place[1] != loc.raw_len:
+                    raise IntegrityError(f"chunk {h.hex()} holds {loc.raw_len} bytes; the chunk tree says {place[1]}")
+                if place is None or not runs or loc.method == RAW:
+                    stored = buf[loc.offset - base:loc.offset - base + loc.stored_len]
+                    chunks.append((pack_id, h, loc, self._unseal(h, stored, pack_id)))
+                    out.append(b"")
+                    loose.append(len(out) - 1)
+                    i += 1
+                    continue
+                j, stored_end, dst_end = i + 1, loc.offset + loc.stored_len, place[0] + loc.raw_len
+                while j < len(group):
+                    hj, lj = group[j]
+                    if (lj.offset != stored_end or lj.method != loc.method or at.get(hj) != (dst_end, lj.raw_len)
+                            or loc.method == ZSTD_SHUFFLE and (lj.raw_len, lj.itemsize) != (loc.raw_len, loc.itemsize)):
+                        break
+                    stored_end += lj.stored_len
+                    dst_end += lj.raw_len
+                    j += 1
+                try:
+                    self.codec.inflate_into(loc.method, buf[loc.offset - base:stored_end - base], dst[place[0]:dst_end],
+                                            loc.itemsize, loc.raw_len)
+                except IntegrityError as e:
+                    raise IntegrityError(f"chunk {h.hex()} (or one of the {j - i - 1} after it) in pack "
+                                         f"{pack_id.hex()}: {e}") from e
+                for hk, lk in group[i:j]:
+                    off = at[hk][0]
+                    chunks.append((pack_id, hk, lk, b""))
+                    out.append(dst[off:off + lk.raw_len])
+                i = j
+        if loose:
+            part = [chunks[k] for k in loose]
+            for k, data, (_, h, loc, _) in zip(loose, self._inflate(part, threads), part):
+                place = at.get(h)
+                out[k] = self.codec.unfilter(loc.method, data, loc.itemsize,
+                                             None if place is None else dst[place[0]:place[0] + loc.raw_len])
+        return chunks, out
+
+    def _inflate(self, chunks: list[Read], threads: int = 1) -> list[bytes | memoryview]:
+        """zstd-decode read chunks in one call; a failure names the chunk and pack at fault."""
+        jobs = [(loc.method, stored, loc.raw_len) for _, _, loc, stored in chunks]
+        try:
+            return self.codec.inflate_many(jobs, threads)
+        except IntegrityError:
+            for pack_id, h, loc, stored in chunks:
+                try:
+                    self.codec.inflate_many([(loc.method, stored, loc.raw_len)])
+                except IntegrityError as e:
+                    raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()}: {e}") from e
+            raise
+
+    def _check(self, chunks: list[Read], decoded: list[bytes | memoryview], sink: Sink, places: Places) -> None:
+        """Check each decoded chunk against its hash; those without a place go to sink."""
+        digest, at = self.hasher, places.at
+        for (pack_id, h, _, _), data in zip(chunks, decoded):
+            if digest(data) != h:
+                raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()} does not match its hash")
+            if h not in at:
+                sink(h, data)
 
     def verify_chunk(self, h: bytes, data: bytes | memoryview, pack_id: bytes) -> None:
         if self.hasher(data) != h:
@@ -726,6 +816,16 @@ def _finish(futures: list[Future]) -> None:
     wait(futures)
     for f in futures:
         f.result()
+
+
+def _prefault(buf: Any) -> None:
+    """Write a zero to each page of a fresh numpy buffer, making the kernel back it with memory now.
+
+    Faulting in a gigabyte costs 0.1 s to seconds (when huge pages must be
+    compacted first); numpy does it without the GIL, so done here, alongside
+    the tree walk, it is off the path of the thread that finishes every chunk.
+    """
+    buf[::mmap.PAGESIZE] = 0
 
 
 def _coalesce(locs: dict[bytes, Location]) -> list[Range]:
