@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-from array import array
 from typing import Any
 
 import zstandard
@@ -61,53 +60,29 @@ class Codec:
         return [(RAW, c) if len(out) >= len(c) else (ZSTD_SHUFFLE if s else ZSTD, out)
                 for c, s, out in zip(chunks, shuffled, outs)]
 
-    def decompress(self, method: int, stored: bytes | memoryview, raw_len: int, itemsize: int = 0) -> bytes | memoryview:
-        """Inverse of compress; refuses outputs that differ from raw_len (bomb guard)."""
+    def decompress(self, method: int, stored: bytes | memoryview, raw_len: int, itemsize: int = 0,
+                   out: memoryview | None = None) -> bytes | memoryview:
+        """Inverse of compress; refuses outputs that differ from raw_len (bomb guard). Given out
+        (raw_len bytes), the chunk is written there, unshuffled straight into it when shuffled,
+        and out is returned.
+
+        One zstd call per frame: multi_decompress_to_buffer measured slower for a
+        restore's few hundred small frames (its output is a fresh allocation to fault in).
+        """
+        if out is not None and len(out) != raw_len:
+            raise IntegrityError(f"chunk of {raw_len} bytes does not fit a {len(out)}-byte place")
         if method == RAW:
             _check_raw(stored, raw_len)
-            return stored
-        return self.unfilter(method, self._inflate(method, stored, raw_len), itemsize)
-
-    def inflate_many(self, chunks: list[tuple[int, bytes | memoryview, int]], threads: int = 1) -> list[bytes | memoryview]:
-        """The zstd output of each (method, stored, raw_len) chunk (a raw chunk's stored bytes), to be
-        finished by unfilter(); every output holds exactly raw_len bytes.
-
-        All zstd frames go to zstd in one call, which decodes them in C on `threads`
-        threads without taking the GIL back between frames: a Python call per frame
-        costs as much as decoding a small chunk, and would hand the GIL to and fro.
-        """
-        frames: list[bytes | memoryview] = []
-        sizes = array("Q")
-        for method, stored, raw_len in chunks:
-            if method == RAW:
-                _check_raw(stored, raw_len)
-            elif method in (ZSTD, ZSTD_SHUFFLE):
-                _check_bound(raw_len)
-                frames.append(stored)
-                sizes.append(raw_len)
-            else:
-                raise IntegrityError(f"unknown compression method {method}")
-        if not _MULTI or len(frames) < 2:
-            return [stored if method == RAW else self._inflate(method, stored, raw_len) for method, stored, raw_len in chunks]
-        try:
-            decoded = iter(self._ctx()[1].multi_decompress_to_buffer(frames, decompressed_sizes=sizes, threads=threads))
-        except zstandard.ZstdError as e:
-            raise IntegrityError(f"zstd frame does not decode: {e}") from e
-        return [stored if method == RAW else memoryview(next(decoded)) for method, stored, _ in chunks]
-
-    def unfilter(self, method: int, data: bytes | memoryview, itemsize: int,
-                 out: memoryview | None = None) -> bytes | memoryview:
-        """Finish an inflated chunk: unshuffle it when it was shuffled, into out when given (its
-        exact length; the data is copied there in any case), else into a new buffer."""
-        if method == ZSTD_SHUFFLE:
-            if out is None:
-                return unshuffle(data, itemsize)
-            unshuffle_into(data, out, itemsize)
-            return out
+            data = stored
+        else:
+            data = self._inflate(method, stored, raw_len)
+            if method == ZSTD_SHUFFLE:
+                if out is None:
+                    return unshuffle(data, itemsize)
+                unshuffle_into(data, out, itemsize)
+                return out
         if out is None:
             return data
-        if len(out) != len(data):
-            raise IntegrityError(f"chunk of {len(data)} bytes does not fit a {len(out)}-byte place")
         out[:] = data
         return out
 

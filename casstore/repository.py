@@ -104,7 +104,7 @@ class Stream:
 
 Sink = Callable[[bytes, bytes | memoryview], None]   # gets each loaded chunk: (hash, verified bytes)
 Range = tuple[bytes, int, int, list[tuple[bytes, Location]]]  # pack id, start, end, the chunks inside
-Read = tuple[bytes, bytes, Location, bytes | memoryview]  # pack id, hash, location, stored bytes (opened)
+Read = tuple[bytes, bytes, Location]  # pack id, hash, location of a chunk read
 
 
 class Places(NamedTuple):
@@ -580,14 +580,13 @@ class Repository:
     def _load_once(self, hashes: list[bytes], sink: Sink, places: Places) -> None:
         """Locate the chunks (one index transaction), then read them in coalesced ranges.
 
-        Reading and decoding a range (_decode_range) takes a few long calls that
+        Reading and decoding a range (_read_and_decode) takes a few long calls that
         release the GIL; checking each chunk's BLAKE3 takes a short call per chunk
         that hands the GIL back and forth. So the read pool reads and decodes
         ranges ahead (one per core for a local repository; many for a remote one,
         whose reads wait on the network) while this thread alone checks the
         chunks: two threads both running per-chunk steps would wait on each other
-        for the GIL at every step. A small local read runs inline, its zstd
-        frames decoded in one call on every core.
+        for the GIL at every step. A small local read runs inline.
         """
         locs = self.index.locate(hashes)
         if len(locs) < len(hashes):
@@ -598,7 +597,7 @@ class Repository:
             raise IntegrityError(f"chunk {lost[0].hex()} (and {len(lost) - 1} more) is not in any known pack")
         ranges = _coalesce(locs)
         if self.backend.is_local and (len(ranges) < 2 or sum(end - base for _, base, end, _ in ranges) < LOCAL_INLINE):
-            self._check(*self._decode([self._read(r) for r in ranges], places, self.codec.threads), sink, places)
+            self._check(*self._decode([self._read(r) for r in ranges], places), sink, places)
             return
         pending: deque[Future] = deque()
         try:
@@ -621,19 +620,17 @@ class Repository:
         pack_id, base, end, _ = job
         return job, memoryview(self.backend.get_range(pack_key(pack_id), base, end))
 
-    def _decode(self, reads: list[tuple[Range, memoryview]], places: Places,
-                threads: int = 1) -> tuple[list[Read], list[bytes | memoryview]]:
+    def _decode(self, reads: list[tuple[Range, memoryview]],
+                places: Places) -> tuple[list[Read], list[bytes | memoryview]]:
         """Open and decompress the chunks of ranges read (not yet checked): (chunks, decoded bytes of each).
 
         A chunk with a place is decoded straight into it, others into new
         buffers. Chunks stored back to back whose places also follow each other
         (a fresh snapshot's, usually) are decoded as one run (Codec.inflate_into):
-        no Python step, temporary or copy per chunk. The rest go to zstd in one
-        batch (Codec.inflate_many).
+        no Python step, temporary or copy per chunk. The rest are decoded one by one.
         """
         chunks: list[Read] = []
         out: list[bytes | memoryview] = []
-        loose: list[int] = []
         at, dst = places.at, places.buf
         runs = not self.sealer.encrypted   # sealed chunks are opened one by one: their frames are not adjacent
         for (pack_id, base, _, group), buf in reads:
@@ -644,10 +641,14 @@ class Repository:
                 if place is not None and place[1] != loc.raw_len:
                     raise IntegrityError(f"chunk {h.hex()} holds {loc.raw_len} bytes; the chunk tree says {place[1]}")
                 if place is None or not runs or loc.method == RAW:
-                    stored = buf[loc.offset - base:loc.offset - base + loc.stored_len]
-                    chunks.append((pack_id, h, loc, self._unseal(h, stored, pack_id)))
-                    out.append(b"")
-                    loose.append(len(out) - 1)
+                    stored = self._unseal(h, buf[loc.offset - base:loc.offset - base + loc.stored_len], pack_id)
+                    try:
+                        data = self.codec.decompress(loc.method, stored, loc.raw_len, loc.itemsize,
+                                                     None if place is None else dst[place[0]:place[0] + loc.raw_len])
+                    except IntegrityError as e:
+                        raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()}: {e}") from e
+                    chunks.append((pack_id, h, loc))
+                    out.append(data)
                     i += 1
                     continue
                 j, stored_end, dst_end = i + 1, loc.offset + loc.stored_len, place[0] + loc.raw_len
@@ -667,34 +668,15 @@ class Repository:
                                          f"{pack_id.hex()}: {e}") from e
                 for hk, lk in group[i:j]:
                     off = at[hk][0]
-                    chunks.append((pack_id, hk, lk, b""))
+                    chunks.append((pack_id, hk, lk))
                     out.append(dst[off:off + lk.raw_len])
                 i = j
-        if loose:
-            part = [chunks[k] for k in loose]
-            for k, data, (_, h, loc, _) in zip(loose, self._inflate(part, threads), part):
-                place = at.get(h)
-                out[k] = self.codec.unfilter(loc.method, data, loc.itemsize,
-                                             None if place is None else dst[place[0]:place[0] + loc.raw_len])
         return chunks, out
-
-    def _inflate(self, chunks: list[Read], threads: int = 1) -> list[bytes | memoryview]:
-        """zstd-decode read chunks in one call; a failure names the chunk and pack at fault."""
-        jobs = [(loc.method, stored, loc.raw_len) for _, _, loc, stored in chunks]
-        try:
-            return self.codec.inflate_many(jobs, threads)
-        except IntegrityError:
-            for pack_id, h, loc, stored in chunks:
-                try:
-                    self.codec.inflate_many([(loc.method, stored, loc.raw_len)])
-                except IntegrityError as e:
-                    raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()}: {e}") from e
-            raise
 
     def _check(self, chunks: list[Read], decoded: list[bytes | memoryview], sink: Sink, places: Places) -> None:
         """Check each decoded chunk against its hash; those without a place go to sink."""
         digest, at = self.hasher, places.at
-        for (pack_id, h, _, _), data in zip(chunks, decoded):
+        for (pack_id, h, _), data in zip(chunks, decoded):
             if digest(data) != h:
                 raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()} does not match its hash")
             if h not in at:

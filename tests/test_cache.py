@@ -177,8 +177,7 @@ def test_big_restore_of_compressed_runs_matches_and_names_a_damaged_chunk(tmp_pa
 
 
 def test_damaged_frame_among_small_chunks_is_named(store, repo_dir):
-    """Small reads send all their zstd frames to zstd in one call; a frame that does not decode is
-    still reported with its chunk and pack."""
+    """A zstd frame that does not decode is reported with its chunk and pack, as a hash mismatch is."""
     from casstore.compress import ZSTD
     from casstore.pack import read_entries
     info = store.snapshot(chat_state(40))
