@@ -8,8 +8,10 @@ transaction. The manifest is written only after every pack it needs is
 durable, so a crash leaves at most unreferenced packs (which gc removes).
 
 Read: tree nodes -> chunk locations -> ranged pack reads (adjacent chunks
-coalesced, fetched in parallel) -> decompress -> BLAKE3 check -> copy into
-place. A chunk that does not match its hash raises IntegrityError.
+coalesced; read and decompressed ahead on the pool, runs of adjacent chunks
+straight into the restore buffer) -> BLAKE3 check of every chunk on the
+calling thread -> copy of the rest into place. Nothing is returned before
+every chunk matched its hash; one that does not raises IntegrityError.
 
 Encrypted repositories (see crypto.py) change two things, both through
 objects chosen once from the config: `self.hasher` (keyed BLAKE3) makes
