@@ -16,10 +16,12 @@ from typing import Any
 import zstandard
 
 from .errors import IntegrityError
+from .tree import widen_node
 
 RAW = 0
 ZSTD = 1
 ZSTD_SHUFFLE = 2
+NARROW_NODE = 3  # a tree node with its sizes in fewer bytes (tree.narrow_node), repository format 2
 
 MAX_CHUNK = 64 << 20  # no chunk is larger; a header claiming more is refused
 SCRATCH = 4 << 20  # shuffled bytes decoded per step by inflate_into, in a buffer each thread keeps
@@ -74,6 +76,9 @@ class Codec:
         if method == RAW:
             _check_raw(stored, raw_len)
             data = stored
+        elif method == NARROW_NODE:
+            _check_bound(raw_len)
+            data = widen_node(stored, raw_len)
         else:
             data = self._inflate(method, stored, raw_len)
             if method == ZSTD_SHUFFLE:

@@ -8,7 +8,8 @@ Layout (all integers little-endian)::
     data_end            trailer: N entries of ENTRY_SIZE (48) bytes
                             0   32s  hash       BLAKE3 of the chunk's raw bytes
                             32  B    kind       0 data chunk, 1 tree node
-                            33  B    method     0 raw, 1 zstd, 2 zstd + byte shuffle
+                            33  B    method     0 raw, 1 zstd, 2 zstd + byte shuffle,
+                                                3 tree node with narrowed sizes (tree.narrow_node)
                             34  H    itemsize   shuffle width (0 unless method 2)
                             36  I    offset     start of the stored bytes
                             40  I    stored_len

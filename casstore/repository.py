@@ -40,7 +40,7 @@ from .backend import Backend
 from .cache import DEFAULT_CACHE_BYTES, ChunkCache
 from .chunker import Chunker
 from .chunker.memo import MAX_LINEAGES, Known, StreamMemo
-from .compress import RAW, ZSTD_SHUFFLE, Codec
+from .compress import NARROW_NODE, ZSTD, ZSTD_SHUFFLE, Codec
 from .config import RepoConfig, cache_dir
 from .errors import AuthenticationError, ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError
 from .index import Index, Location
@@ -470,8 +470,15 @@ class Repository:
         return packs
 
     def _compress(self, jobs: list[tuple[bytes, memoryview, int, int]]) -> list[tuple]:
-        """(hash, kind, method, itemsize, stored bytes, raw length) per job: zstd, then sealed if encrypted."""
-        out = self.codec.compress_many([view for _, view, _, _ in jobs], [itemsize for _, _, itemsize, _ in jobs])
+        """(hash, kind, method, itemsize, stored bytes, raw length) per job: zstd (tree nodes of a
+        format-2 repository: their compact form), then sealed if encrypted."""
+        narrow = [tree.narrow_node(view) if kind == KIND_NODE and self.config.format >= 2 else None
+                  for _, view, _, kind in jobs]
+        rest = [i for i, n in enumerate(narrow) if n is None]
+        packed = self.codec.compress_many([jobs[i][1] for i in rest], [jobs[i][2] for i in rest])
+        out: list[tuple[int, bytes | memoryview]] = [(NARROW_NODE, n) for n in narrow]
+        for i, result in zip(rest, packed):
+            out[i] = result
         seal = self.sealer.seal if self.sealer.encrypted else None
         return [(h, kind, method, itemsize, seal(stored, h) if seal else stored, len(view))
                 for (h, view, itemsize, kind), (method, stored) in zip(jobs, out)]
@@ -642,7 +649,7 @@ class Repository:
                 place = at.get(h)
                 if place is not None and place[1] != loc.raw_len:
                     raise IntegrityError(f"chunk {h.hex()} holds {loc.raw_len} bytes; the chunk tree says {place[1]}")
-                if place is None or not runs or loc.method == RAW:
+                if place is None or not runs or loc.method not in (ZSTD, ZSTD_SHUFFLE):
                     stored = self._unseal(h, buf[loc.offset - base:loc.offset - base + loc.stored_len], pack_id)
                     try:
                         data = self.codec.decompress(loc.method, stored, loc.raw_len, loc.itemsize,

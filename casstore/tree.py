@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from bisect import bisect_right
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import blake3
@@ -43,6 +44,46 @@ Digest = Callable[[bytes], bytes]
 
 def encode_node(level: int, entries: list[Entry]) -> bytes:
     return _HEAD.pack(b"T", level, len(entries)) + b"".join(_ITEM.pack(h, s) for h, s in entries)
+
+
+_WIDTHS = {2: "H", 4: "I", 8: "Q"}
+
+
+def narrow_node(data: bytes | memoryview) -> bytes | None:
+    """A node's compact stored form: the header, a width byte, the hashes, then every size in
+    the fewest bytes (2 or 4) that hold them all; None when sizes need all 8 bytes.
+
+    A leaf's sizes are chunk lengths (under 64 KiB), so 6 of each entry's 40 bytes are
+    zeros that zstd, on a node of a few hundred bytes, does not win back.
+    """
+    count = _HEAD.unpack_from(data, 0)[2]
+    sizes = _fields(f"<{'32xQ' * count}").unpack_from(data, _HEAD.size)
+    top = max(sizes, default=0)
+    width = 2 if top < 1 << 16 else 4 if top < 1 << 32 else 0
+    if not width:
+        return None
+    hashes = _fields(f"<{'32s8x' * count}").unpack_from(data, _HEAD.size)
+    return b"".join([bytes(data[:_HEAD.size]), bytes([width]), *hashes,
+                     _fields(f"<{count}{_WIDTHS[width]}").pack(*sizes)])
+
+
+def widen_node(stored: bytes | memoryview, raw_len: int) -> bytes:
+    """The node bytes narrow_node() stored (which the node's hash then checks)."""
+    if len(stored) < _HEAD.size + 1:
+        raise IntegrityError("narrowed tree node is shorter than its header")
+    count = _HEAD.unpack_from(stored, 0)[2]
+    width = stored[_HEAD.size]
+    if width not in _WIDTHS or len(stored) != _HEAD.size + 1 + count * (32 + width) or \
+            raw_len != _HEAD.size + count * _ITEM.size:
+        raise IntegrityError(f"narrowed tree node of {len(stored)} bytes does not match its header")
+    hashes = _fields(f"<{'32s' * count}").unpack_from(stored, _HEAD.size + 1)
+    sizes = _fields(f"<{count}{_WIDTHS[width]}").unpack_from(stored, _HEAD.size + 1 + 32 * count)
+    return bytes(stored[:_HEAD.size]) + b"".join(map(_ITEM.pack, hashes, sizes))
+
+
+@lru_cache(maxsize=1024)
+def _fields(fmt: str) -> struct.Struct:
+    return struct.Struct(fmt)
 
 
 def decode_node(data: bytes | memoryview, expect_level: int | None = None) -> tuple[int, list[Entry]]:

@@ -1,11 +1,12 @@
-"""Older on-disk forms still read: format-1 repositories (plain manifests) and the index layout
-that kept summaries by snapshot id."""
+"""Repository format 2 (primed manifests, narrowed tree nodes) and the older forms that still
+read: format-1 repositories and the index layout that kept summaries by snapshot id."""
 
 import dataclasses
 
 import blake3
 import lmdb
 import msgpack
+import pytest
 
 import casstore
 from casstore import manifest
@@ -73,3 +74,41 @@ def test_index_with_summaries_by_snapshot_id_is_converted(tmp_path):
         assert txn.get(b"snaps") is None  # the old table is gone
     env.close()
     assert RepoConfig().format == 2
+
+
+def _node_methods(store):
+    return {loc.method for _, loc in store._repo.index.iter_chunks() if loc.kind == 1}
+
+
+def test_tree_nodes_are_stored_narrowed_and_read_back(tmp_path):
+    from casstore import tree
+    from casstore.compress import NARROW_NODE
+    from casstore.errors import IntegrityError
+
+    entries = [(bytes([i]) * 32, size) for i, size in enumerate([5, 70_000, 3, 2 ** 33])]
+    for sizes_from, width in ((0, 2), (1, 4)):
+        node = tree.encode_node(0, entries[sizes_from:sizes_from + 1] + entries[2:3])
+        small = tree.narrow_node(node)
+        assert small[4] == width and len(small) < len(node)
+        assert tree.widen_node(small, len(node)) == node
+        with pytest.raises(IntegrityError):
+            tree.widen_node(small[:-1], len(node))
+    assert tree.narrow_node(tree.encode_node(1, entries)) is None  # a size needs 8 bytes: stored as before
+
+    with casstore.open(str(tmp_path / "new")) as s:
+        infos = [s.snapshot({"m": [f"message {i} " + "x" * 1200 for i in range(n)]}, agent_id="a")
+                 for n in (50, 51, 80)]
+        assert NARROW_NODE in _node_methods(s)
+        s.drop_caches()
+        assert s.restore(infos[-1].id)["m"][79].startswith("message 79")
+        assert s.verify(deep=True).ok
+        assert casstore.verify_proof(s.prove(infos[0].id, s.chunks(infos[0].id)[0]), infos[0].root)
+        old = tmp_path / "old"
+        with casstore.open(str(old)) as o:
+            cfg = o._repo.config
+        (old / "config").write_bytes(dataclasses.replace(cfg, format=1).encode())
+        with casstore.open(str(old)) as o:  # a format-1 repository keeps nodes readable by casstore 0.1
+            s.copy_to(o)
+            o.snapshot({"m": ["more " * 300] * 3}, agent_id="b")
+            assert NARROW_NODE not in _node_methods(o)
+            assert o.restore(infos[-1].id) == s.restore(infos[-1].id)
