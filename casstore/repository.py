@@ -127,18 +127,19 @@ class Repository:
     """Packs, manifests and the index of one repository."""
 
     def __init__(self, backend: Backend, *, index_path: str | None = None, compression_level: int = 3,
-                 create: bool = True, workers: int | None = None, read_workers: int | None = None,
-                 new_config: RepoConfig | None = None, password: bytes | None = None,
+                 shuffle_level: int | None = None, create: bool = True, workers: int | None = None,
+                 read_workers: int | None = None, new_config: RepoConfig | None = None, password: bytes | None = None,
                  master_key: bytes | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
         """password unlocks an encrypted repository (or protects a new one); master_key, only when
         creating, reuses another repository's key so that copies between the two keep their ids;
-        cache_bytes bounds the in-memory cache of verified chunks and tree nodes (see cache.py)."""
+        cache_bytes bounds the in-memory cache of verified chunks and tree nodes (see cache.py);
+        shuffle_level is the zstd level of shuffled numeric blocks (see compress.Codec)."""
         self.backend = backend
         self.config = self._load_or_create_config(create, new_config or RepoConfig(), password, master_key)
         self.hasher = self.keys.hasher
         self.sealer = self.keys.sealer
         self.chunker = Chunker(self.config.structure_cdc, self.config.blob_cdc)
-        self.codec = Codec(compression_level)
+        self.codec = Codec(compression_level, shuffle_level=shuffle_level)
         self.index_path = index_path or self._default_index_path()
         self.index = Index(self.index_path)
         self.pool = ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 2),

@@ -307,9 +307,9 @@ class Store:
 
 
 def open(url: str | None = None, *, storage_options: dict | None = None, index_path: str | None = None,
-         compression_level: int = 3, create: bool = True, gc_grace: float | None = None,
-         password: str | bytes | None = None, key_file: str | None = None, encrypt: bool | str = False,
-         key_from: Store | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Store:
+         compression_level: int = 3, shuffle_level: int | None = None, create: bool = True,
+         gc_grace: float | None = None, password: str | bytes | None = None, key_file: str | None = None,
+         encrypt: bool | str = False, key_from: Store | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Store:
     """Open (or create) the repository at url: None means $CASSTORE_REPO, else ./.casstore.
 
     gc_grace (seconds a condemned pack waits before gc deletes it; default one
@@ -325,6 +325,10 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
     `copy` between the two works. An explicit password for an unencrypted
     repository is refused rather than silently ignored.
 
+    shuffle_level is the zstd level of byte-shuffled numeric array blocks
+    (default: compress.SHUFFLE_LEVEL, 1, or compression_level if lower): on
+    float32 data level 1 stores ~1.5 % more bytes than level 3 for ~0.6x the CPU.
+
     cache_bytes bounds the in-memory LRU of verified chunks and tree nodes
     (default 64 MiB; 0 turns it off). Entries are keyed by content hash, so
     they never go stale; restores of up to a quarter of it, and snapshots that
@@ -338,6 +342,8 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
         raise ConfigurationError("key_from must be an open encrypted store")
     if not 1 <= compression_level <= 22:
         raise ConfigurationError(f"compression_level must be 1..22, got {compression_level}")
+    if shuffle_level is not None and not 1 <= shuffle_level <= 22:
+        raise ConfigurationError(f"shuffle_level must be 1..22, got {shuffle_level}")
     if gc_grace is not None and gc_grace < 0:
         raise ConfigurationError(f"gc_grace must be >= 0 seconds, got {gc_grace}")
     if cache_bytes < 0:
@@ -350,7 +356,8 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
     new_config = RepoConfig(encryption=cipher if encrypt or key_from is not None else None,
                             **({} if gc_grace is None else {"gc_grace": float(gc_grace)}))
     try:
-        repo = Repository(backend, index_path=index_path, compression_level=compression_level, create=create,
+        repo = Repository(backend, index_path=index_path, compression_level=compression_level,
+                          shuffle_level=shuffle_level, create=create,
                           new_config=new_config, password=secret,
                           master_key=key_from._repo.keys.master if key_from is not None else None,
                           cache_bytes=cache_bytes)
