@@ -11,7 +11,7 @@ import msgpack
 from .chunker import BLOB_CDC, STRUCTURE_CDC, CDCParams
 from .errors import ConfigurationError
 
-FORMAT_VERSION = 2   # 2: manifests are stored zstd-compressed with manifest.PRIMER (1: plain msgpack)
+FORMAT_VERSION = 2   # 2: manifests primed-zstd (manifest.pack), tree nodes narrowed (tree.narrow_node); 1: neither
 READ_FORMATS = (1, 2)
 DEFAULT_REPO = ".casstore"
 ENV_REPO = "CASSTORE_REPO"

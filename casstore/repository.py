@@ -32,7 +32,7 @@ import time
 from collections import OrderedDict, defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from . import crypto, manifest, tree
 from .backend import Backend
@@ -328,6 +328,7 @@ class Repository:
 
     def _write(self, kind: str, streams: list[Stream], lineage: tuple[str, str], description: str | None,
                metadata: dict | None, structure_last: bool) -> tuple[bytes, dict, list[tree.Level]]:
+        """write() under the lock: (snapshot id, manifest fields, the levels of the tree it built)."""
         self._refresh_marks(max_age=self.config.gc_grace / 2)
         checked = time.monotonic()
         with _NewChunks(self) as new:

@@ -46,7 +46,7 @@ def encode_node(level: int, entries: list[Entry]) -> bytes:
     return _HEAD.pack(b"T", level, len(entries)) + b"".join(_ITEM.pack(h, s) for h, s in entries)
 
 
-_WIDTHS = {2: "H", 4: "I", 8: "Q"}
+_WIDTHS = {2: "H", 4: "I"}
 
 
 def narrow_node(data: bytes | memoryview) -> bytes | None:

@@ -16,8 +16,8 @@ data, so a buffer changed after the snapshot cannot make a stale hash look curre
 from __future__ import annotations
 
 from collections import OrderedDict
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Hashable
 
 import blake3

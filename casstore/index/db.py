@@ -10,25 +10,22 @@ Databases in one LMDB environment:
 * ``packs``:   pack id (32) -> size (u64), entry count (u32), number (u32).
 * ``packnums``: pack number (u32 BE) -> pack id.
 * ``summaries``: sequence number (u64 BE) -> a snapshot's manifest fields
-  (msgpack, compressed as manifests are: manifest.pack). Numbers only grow, so every summary is appended at the end of
-  the table and its pages fill up; keyed by the random snapshot id, they
-  would be split half-full (the index of a LangGraph thread, ~800
-  checkpoints, was 38% smaller this way).
+  (msgpack, compressed as manifests are: manifest.pack). Numbers only grow,
+  so every summary is appended at the end of the table and its pages fill
+  up; keyed by the random snapshot id, they were split half-full.
 * ``snapseq``: snapshot id (32) -> its sequence number.
 * ``lineage``: agent \\0 session \\0 position (u64 BE) snapshot id -> b"", so a
   prefix scan lists a lineage in order.
-
-An index written before ``summaries`` existed (``snaps``: id -> fields) is
-converted when it is opened.
 * ``condemned``: pack id -> mark time (f64): packs gc will delete; their
   chunks count as missing to writers, who store fresh copies instead.
 * ``forgotten``: snapshot id -> b"": snapshots deleted on purpose, so a child
   whose parent is gone is not reported as a broken chain.
 * ``meta``:    small bookkeeping values.
 
-Everything here can be rebuilt from the packs and manifests in storage. One
-snapshot is committed in one write transaction; LMDB's own lock serialises
-writers across processes.
+An index written before ``summaries`` existed (``snaps``: id -> fields) is
+converted when it is opened. Everything here can be rebuilt from the packs
+and manifests in storage. One snapshot is committed in one write
+transaction; LMDB's own lock serialises writers across processes.
 """
 
 from __future__ import annotations

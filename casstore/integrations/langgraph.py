@@ -76,7 +76,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -563,14 +563,13 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 old = th.ckpts.get(ns, {}).get(cid)
                 # the old snapshot goes unless it carries writes (of any checkpoint, see _commit)
                 replaced = old is not None and all(w.snap_id != old.snap_id for ws in th.writes.values() for w in ws)
-            self._commit(tid, ns, state, cost, meta, desc, lambda q: True)
+            self._commit(tid, ns, state, cost, meta, desc)
             if replaced:  # the same checkpoint id put again: the new snapshot replaces the old one
                 self._delete([old.snap_id])
         return {"configurable": {"thread_id": tid, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
-    def _commit(self, tid: str, ns: str, state: dict, cost: int, meta: dict, desc: str | None,
-                take: Callable[[_Queued], bool]) -> None:
-        """Write one snapshot (holding _io) carrying the queued writes of this lineage that take() picks.
+    def _commit(self, tid: str, ns: str, state: dict, cost: int, meta: dict, desc: str | None) -> None:
+        """Write one snapshot (holding _io) carrying every queued write of this lineage.
 
         Every put_writes call whose rows ride in the snapshot returns once it is
         durable (group commit). LangGraph stores a step's task writes and then,
@@ -578,7 +577,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         checkpoint's snapshot instead of needing one of their own.
         """
         with self._lock:
-            jobs = [q for q in self._queue if q.tid == tid and q.ns == ns and take(q)]
+            jobs = [q for q in self._queue if q.tid == tid and q.ns == ns]
             self._queue = [q for q in self._queue if q not in jobs]
         if jobs:
             state = {**state, **_pack_rows([row for q in jobs for row in q.rows], state.get("lists"))}
@@ -631,8 +630,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         if not job.done.is_set():
             with self._io:
                 if not job.done.is_set():
-                    self._commit(tid, ns, {"format": FORMAT}, 0, {"langgraph": KIND_WRITES, **_ns_field(ns)}, None,
-                                 lambda q: True)
+                    self._commit(tid, ns, {"format": FORMAT}, 0, {"langgraph": KIND_WRITES, **_ns_field(ns)}, None)
         job.done.wait()
         if job.error is not None:
             raise job.error
