@@ -3,8 +3,9 @@
 Write: cut each stream into chunks -> BLAKE3 -> ask the index which are new
 -> compress the new ones (zstd on all cores, while this thread goes on
 cutting and hashing) -> pack them with the new tree nodes -> put each pack
-as it fills -> put the manifest -> commit the index in one LMDB
-transaction. The manifest is written only after every pack it needs is
+as it fills -> put the manifest (a small snapshot's only pack and its
+manifest as one ordered pair, their fsyncs overlapped) -> commit the index
+in one LMDB transaction. The manifest is written only after every pack it needs is
 durable, so a crash leaves at most unreferenced packs (which gc removes).
 
 Read: tree nodes -> chunk locations -> ranged pack reads (adjacent chunks
@@ -187,6 +188,7 @@ class Repository:
             if key_id is not None:
                 self.backend.delete(key_object_key(key_id))
             return self._load_config(self.backend.get(CONFIG_KEY), password)
+        self.backend.ensure_prefixes([f"{top}/{i:02x}" for top in ("packs", "snapshots") for i in range(256)])
         self._config_bytes = data
         self.keys = crypto.Keys.from_master(master, cfg.encryption, key_id) if cfg.encryption else crypto.Keys.plain()
         return cfg
@@ -339,7 +341,7 @@ class Repository:
             root, height, nodes, levels = tree.build(entries, self.hasher, previous)
             chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
             new.add([h for h, _ in nodes], chunks, KIND_NODE)
-            packs = new.finish()
+            packs = new.finish(defer_only=True)
         head = self.index.head(*lineage)
         fields = {
             "v": manifest.VERSION, "kind": kind, "agent": lineage[0], "session": lineage[1],
@@ -353,7 +355,11 @@ class Repository:
         if structure_last:
             fields["tail"] = True
         snap_id, data = manifest.encode(fields, self.hasher)
-        self.backend.put(manifest_key(snap_id), self.seal_manifest(snap_id, data))
+        stored_manifest = (manifest_key(snap_id), self.seal_manifest(snap_id, data))
+        if new.deferred is not None:   # a small snapshot's only pack: both objects in one ordered pair
+            self.backend.put_pair(new.deferred, stored_manifest)
+        else:
+            self.backend.put(*stored_manifest)
         if time.monotonic() - checked > self.config.gc_grace / 2:
             written = {e.hash for _, _, ents in packs for e in ents}
             wanted = [h for h, _ in entries if h not in written]
@@ -892,6 +898,8 @@ class _NewChunks:
         self.queued: set[bytes] = set()
         self.puts: list[Future] = []
         self.finishing = False
+        self.defer_only = False
+        self.deferred: tuple[str, bytes] | None = None   # (key, bytes) of the only pack, left to the caller
         self.packer = _Packer(repo, self._put)
 
     def add(self, hashes: list[bytes], chunks: dict[bytes, tuple[memoryview, int]], kind: int) -> None:
@@ -906,9 +914,15 @@ class _NewChunks:
                 self.queued.add(h)
                 self.packer.add((h, *chunks[h], kind))
 
-    def finish(self) -> list[tuple[bytes, int, list[PackEntry]]]:
-        """Store the rest and wait until every pack is durable: (pack id, size, entries) per pack."""
+    def finish(self, defer_only: bool = False) -> list[tuple[bytes, int, list[PackEntry]]]:
+        """Store the rest and wait until every pack is durable: (pack id, size, entries) per pack.
+
+        With defer_only, a write of a single pack (a small snapshot) finalizes it but
+        leaves its put to the caller, as `deferred`, so that it can be put together
+        with the manifest (Backend.put_pair); the caller must not rely on it before then.
+        """
         self.finishing = True
+        self.defer_only = defer_only
         self.packer.finish()
         wait(self.puts)
         return [put.result() for put in self.puts]
@@ -922,7 +936,12 @@ class _NewChunks:
     def _put(self, writer: PackWriter) -> None:
         if self.finishing and not self.puts:  # the only pack (a small snapshot): no hand-off to the pool
             done: Future = Future()
-            done.set_result(self._finalize_and_put(writer))
+            if self.defer_only:
+                pack_id, data, entries = writer.finalize()
+                self.deferred = (pack_key(pack_id), data)
+                done.set_result((pack_id, len(data), entries))
+            else:
+                done.set_result(self._finalize_and_put(writer))
             self.puts.append(done)
             return
         if len(self.puts) >= PUTS_AHEAD:

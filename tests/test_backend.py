@@ -179,6 +179,50 @@ def test_local_put_fsyncs_file_and_directory(tmp_path, monkeypatch):
     assert len(synced) >= 2  # the file's data, then the directory entry
 
 
+def test_put_pair_stores_both(backend):
+    backend.put_pair(("packs/ab/abc", b"pack"), ("snapshots/cd/cde", b"manifest"))
+    assert backend.get("packs/ab/abc") == b"pack" and backend.get("snapshots/cd/cde") == b"manifest"
+
+
+def test_put_pair_renames_the_second_only_after_the_first_is_durable(tmp_path, monkeypatch):
+    """The manifest's final name appears only after the pack's rename and its folder's fsync."""
+    b = Backend(str(tmp_path / "repo"))
+    events: list[str] = []
+    real_replace, real_fsync_dir = os.replace, backend_module._fsync_dir
+    monkeypatch.setattr(backend_module.os, "replace",
+                        lambda src, dst: (events.append("rename " + os.path.basename(dst)), real_replace(src, dst)))
+    monkeypatch.setattr(backend_module, "_fsync_dir",
+                        lambda path: (events.append("fsync " + os.path.basename(path)), real_fsync_dir(path)))
+    b.put_pair(("packs/ab/abc", b"pack"), ("snapshots/cd/cde", b"manifest"))
+    assert events.index("rename abc") < events.index("fsync ab") < events.index("rename cde")
+
+
+@pytest.mark.parametrize("failing", ["packs", "snapshots"])
+def test_put_pair_failure_never_leaves_the_second_alone(tmp_path, monkeypatch, failing):
+    b = Backend(str(tmp_path / "repo"))
+    real = backend_module._write_temp
+
+    def write_temp(path, data, durable=True):
+        if f"{os.sep}{failing}{os.sep}" in path:
+            raise OSError(28, "No space left on device")
+        return real(path, data, durable)
+
+    monkeypatch.setattr(backend_module, "_write_temp", write_temp)
+    with pytest.raises(StorageError, match=f"put .*{failing}/"):
+        b.put_pair(("packs/ab/abc", b"pack"), ("snapshots/cd/cde", b"manifest"))
+    assert not b.exists("snapshots/cd/cde")
+    assert not [n for _, _, names in os.walk(tmp_path / "repo") for n in names if n.startswith(".")]  # no temp left
+
+
+def test_ensure_prefixes_makes_the_shard_folders(tmp_path):
+    b = Backend(str(tmp_path / "repo"))
+    b.ensure_prefixes(["packs/00", "packs/ff", "snapshots/7a"])
+    assert sorted(os.listdir(tmp_path / "repo" / "packs")) == ["00", "ff"]
+    assert b.list("") == []                          # empty folders hold no objects
+    b.put("packs/ff/ffee", b"x")
+    assert b.list("packs/") == ["packs/ff/ffee"]
+
+
 def test_concurrent_reader_sees_whole_objects(tmp_path):
     b = Backend(str(tmp_path / "repo"))
     versions = [b"a" * 200_000, b"b" * 300_000]

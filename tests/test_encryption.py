@@ -247,10 +247,7 @@ def test_unencrypted_repository_unchanged(tmp_path):
         [chunk] = s.chunks(info.id)
         raw = s._repo.read(s._repo.fields(bytes.fromhex(info.id)))
         assert chunk == blake3.blake3(raw).hexdigest()                               # ids: plain BLAKE3
-        manifest_file = next((tmp_path / "plain" / "snapshots").rglob("*"))
-        while manifest_file.is_dir():
-            manifest_file = next(manifest_file.iterdir())
-        stored = manifest_file.read_bytes()
+        stored = (tmp_path / "plain" / "snapshots" / info.id[:2] / info.id).read_bytes()
         plain = manifest.unpack(stored)
         assert len(stored) < len(plain)                                          # stored primed-zstd (format 2)
         assert blake3.blake3(plain).hexdigest() == info.id                        # id = plain hash of plain bytes

@@ -1,12 +1,14 @@
 """Building a snapshot's tree from the lineage's previous one gives the tree a fresh build gives,
 and a failed write leaves nothing that a later snapshot would wrongly reuse."""
 
+import os
 import random
 
 import blake3
 import pytest
 
 import casstore
+from casstore import backend as backend_mod
 from casstore import tree
 
 
@@ -51,25 +53,26 @@ def test_append_builds_only_the_last_path():
     assert 1 <= len(made) <= height + 1
 
 
-def test_failed_write_is_not_reused(tmp_path):
+def test_failed_write_is_not_reused(tmp_path, monkeypatch):
     """A snapshot whose pack could not be stored must not leave its chunks or nodes to be
     reused by the lineage's next snapshot as if they were stored."""
     with casstore.open(str(tmp_path / "repo")) as store:
         msgs = [f"message {i} " + "x" * 1500 for i in range(40)]
         store.snapshot({"m": msgs}, agent_id="a")
-        backend = store._repo.backend
-        real = backend.put
+        real = backend_mod._write_temp
 
-        def failing(key, data, **kw):
-            if key.startswith("packs/"):
+        def failing(path, data, durable=True):
+            if f"{os.sep}packs{os.sep}" in path:
                 raise OSError("disk full")
-            return real(key, data, **kw)
+            return real(path, data, durable)
 
-        backend.put = failing
+        monkeypatch.setattr(backend_mod, "_write_temp", failing)
         grown = msgs + [f"new {i} " + "y" * 1500 for i in range(10)]
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(casstore.StorageError, match="disk full"):
             store.snapshot({"m": grown}, agent_id="a")
-        backend.put = real
+        monkeypatch.setattr(backend_mod, "_write_temp", real)
+        assert len(store.list()) == 1                                      # no manifest of the failed write
+        assert not [p for p in (tmp_path / "repo" / "snapshots").rglob("*") if p.name.startswith(".")]  # no temp left
         info = store.snapshot({"m": grown + ["z" * 2000]}, agent_id="a")
         store.drop_caches()
         assert store.restore(info.id) == {"m": grown + ["z" * 2000]}
