@@ -203,6 +203,40 @@ def test_saver_caches_are_exact_and_bounded(tmp_path):
         assert [(c.checkpoint, c.metadata, c.pending_writes) for c in tuples] == warm
 
 
+def test_put_reuses_only_messages_that_did_not_change(tmp_path):
+    """A put serializes again the messages edited in place since the last put (even to content of
+    the same length, or a new id), and the elements a caller appended to a loaded list in place;
+    the unchanged ones it does not serialize again."""
+    def put(saver, config, msgs, n):
+        checkpoint = {"v": 1, "id": f"1ef00000-0000-6000-8000-{n:012d}", "ts": "2026-12-03T00:00:00+00:00",
+                      "channel_values": {"messages": msgs}, "channel_versions": {"messages": n},
+                      "versions_seen": {}, "updated_channels": None}
+        return saver.put(config, checkpoint, {"source": "loop", "step": n, "parents": {}}, {"messages": n})
+
+    with CasstoreSaver.from_url(str(tmp_path / "repo")) as saver:
+        dumped = []
+        real = saver.serde.dumps_typed
+        saver.serde.dumps_typed = lambda obj: dumped.append(obj) or real(obj)
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        msgs = [HumanMessage(f"message {i:03d} " + "x" * 50, id=f"m{i}") for i in range(30)]
+        config = put(saver, config, msgs, 1)
+        dumped.clear()
+        msgs[5].content = msgs[5].content.upper()            # same length, other text
+        msgs[9].id = "renamed"
+        config = put(saver, config, msgs + [AIMessage("new reply", id="a1")], 2)
+        assert [m.id for m in dumped if hasattr(m, "content")] == ["m5", "renamed", "a1"]
+
+        loaded = saver.get_tuple(config).checkpoint["channel_values"]["messages"]
+        loaded.append(HumanMessage("appended in place", id="h2"))
+        dumped.clear()
+        config = put(saver, config, loaded, 3)
+        assert [m.id for m in dumped if hasattr(m, "content")] == ["h2"]
+        saver._states.clear()
+        stored = saver.get_tuple(config).checkpoint["channel_values"]["messages"]
+        assert [(m.id, m.content) for m in stored] == [(m.id, m.content) for m in loaded]
+        assert stored[5].content == ("message 005 " + "x" * 50).upper() and stored[9].id == "renamed"
+
+
 def test_concurrent_writes_are_group_committed(tmp_path):
     """put_writes calls that arrive while another snapshot is being written share one snapshot,
     and each returns only once its writes are stored."""

@@ -59,9 +59,11 @@ Speed
 LangGraph hands ``put`` the whole message list at every step, and reads the
 latest checkpoint back at the start of every run. The saver remembers, per
 thread, namespace and channel, the serialized form of the list elements it
-stored or loaded last (keyed by object identity, holding a strong reference,
-and re-checked with the message id and content length), so each step
-serializes only the new messages. The encoded states it wrote or read
+stored or loaded last, in order and holding strong references, so each step
+serializes only the new messages: the unchanged prefix (the very same objects,
+with the same message id, the same content object and content length) is
+recognised in a few C-level passes over the list, without a Python step per
+message, and the elements past it are matched by identity and the same checks. The encoded states it wrote or read
 (immutable bytes items) are kept in an LRU bounded by ``state_cache_bytes``
 (64 MiB by default), so reading a recent checkpoint costs only
 deserialization, and a list's msgpack elements are deserialized in one call,
@@ -74,6 +76,7 @@ another process writes the same threads).
 from __future__ import annotations
 
 import asyncio
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -144,11 +147,39 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")  # msgpack array32
 
 
-def _fingerprint(obj: Any) -> Any:
-    """A cheap check that a cached element still looks like what was serialized."""
+def _fingerprint(obj: Any) -> tuple:
+    """What an element looked like when it was serialized: (id, content, content length)."""
     content = getattr(obj, "content", None)
-    size = len(content) if isinstance(content, (str, list)) else None
-    return getattr(obj, "id", None), size
+    return getattr(obj, "id", None), content, len(content) if isinstance(content, (str, list)) else None
+
+
+_CONTENT = operator.attrgetter("content")
+_ID = operator.attrgetter("id")
+
+
+def _looks(values: list) -> tuple[list, list, list] | None:
+    """(ids, contents, content lengths) of message-like elements, in C-level passes (no
+    Python step per element); None when one of them has no content (not a message list)."""
+    try:
+        contents = list(map(_CONTENT, values))
+        return list(map(_ID, values)), contents, list(map(len, contents))
+    except (AttributeError, TypeError):
+        return None
+
+
+def _unchanged_prefix(values: list, looks: tuple[list, list, list], seen: "_Seen") -> int:
+    """How many leading elements are the very objects seen last, with the same id, the same
+    content object and the same content length: each check one C-level pass over the prefix."""
+    n = min(len(values), len(seen.objs))
+    checks = ((operator.is_, values, seen.objs), (operator.is_, looks[1], seen.looks[1]),
+              (operator.eq, looks[0], seen.looks[0]), (operator.eq, looks[2], seen.looks[2]))
+    for same, now, before in checks:
+        if not n:
+            break
+        flags = list(map(same, now[:n], before[:n]))
+        if False in flags:
+            n = flags.index(False)
+    return n
 
 
 _IMMUTABLE = (str, bytes, int, float, bool, type(None))
@@ -208,6 +239,30 @@ def _state_bytes(state: Any) -> int:
 
 
 @dataclass
+class _Seen:
+    """A channel's list as the saver last stored or loaded it, to recognise what a put repeats.
+
+    objs, looks (ids, contents, content lengths: see _looks) and items (their serialized
+    forms) run in list order; others holds elements known outside that order, by identity:
+    id(obj) -> (obj, _fingerprint(obj), item), for values put_writes serialized and for
+    lists whose elements are not messages.
+    """
+
+    objs: list = field(default_factory=list)
+    looks: tuple[list, list, list] = ([], [], [])
+    items: list[bytes] = field(default_factory=list)
+    others: dict[int, tuple[Any, tuple, bytes]] = field(default_factory=dict)
+
+    def candidates(self, start: int) -> dict[int, tuple[Any, tuple, bytes]]:
+        """Elements an element past the unchanged prefix may be: others, and the ordered ones from start on."""
+        ids, contents, sizes = self.looks
+        found = {id(o): (o, (ids[i], contents[i], sizes[i]), self.items[i])
+                 for i, o in enumerate(self.objs[start:], start)}
+        found.update(self.others)
+        return found
+
+
+@dataclass
 class _Ckpt:
     snap_id: str
     checkpoint_id: str
@@ -257,8 +312,8 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         self._owns_store = owns_store
         self._lock = threading.RLock()
         self._threads: OrderedDict[str, _Thread] = OrderedDict()
-        # (thread, ns, channel) -> {id(obj): (obj, fingerprint, item)} of the last stored or loaded list
-        self._items: OrderedDict[tuple[str, str, str], dict[int, tuple[Any, Any, bytes]]] = OrderedDict()
+        # (thread, ns, channel) -> the list as last stored or loaded (see _encode_items)
+        self._seen: OrderedDict[tuple[str, str, str], _Seen] = OrderedDict()
         self._states = _StateCache(state_cache_bytes)
         self._io = threading.Lock()  # one snapshot write at a time; taken before _lock, never inside it
         self._queue: list[_Queued] = []  # pending writes not yet in a snapshot
@@ -276,7 +331,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
     def close(self) -> None:
         with self._lock:
             self._threads.clear()
-            self._items.clear()
+            self._seen.clear()
             self._states.clear()
         if self._owns_store:
             self.store.close()
@@ -342,35 +397,49 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
     def _encode_items(self, key: tuple[str, str, str], values: list, merge: bool = False) -> tuple[list[bytes], int]:
         """Serialize list elements one by one, reusing what the last put or load of this channel held.
 
-        Returns the items and the bytes newly serialized (what caching the state costs).
+        LangGraph hands put the whole list each time, the old elements being the very
+        objects it stored before: the unchanged prefix is recognised in a few C-level
+        passes (_unchanged_prefix), and only elements past it are looked at one by one,
+        reused when they are an element seen before with the same fingerprint.
+        merge (put_writes) adds what it serialized to what is known instead of
+        replacing the list. Returns the items and the bytes newly serialized (what
+        caching the state costs).
         """
-        old = self._items.get(key) or {}
-        new: dict[int, tuple[Any, Any, bytes]] = dict(old) if merge else {}
-        out = []
+        seen = self._seen.get(key) or _Seen()
+        looks = None if merge else _looks(values)   # written values are a few new ones, not the list
+        n = _unchanged_prefix(values, looks, seen) if looks is not None else 0
+        out = seen.items[:n]
+        tail = values[n:]
+        old = seen.others if merge else seen.candidates(n) if tail else {}
+        others: dict[int, tuple[Any, tuple, bytes]] = {}
         fresh = 8 * len(values)
         dumps = self.serde.dumps_typed
-        for v in values:
+        for v in tail:
             k = id(v)
             hit = old.get(k)
-            if hit is not None and hit[0] is v:
-                fp = _fingerprint(v)
-                if fp == hit[1]:
-                    new[k] = hit
-                    out.append(hit[2])
-                    continue
+            if hit is not None and hit[0] is v and _fingerprint(v) == hit[1]:
+                others[k] = hit
+                out.append(hit[2])
+                continue
             item = _item(dumps(v))
             fresh += len(item)
             if isinstance(v, _IMMUTABLE) or hasattr(v, "content"):
-                new[k] = (v, _fingerprint(v), item)
+                others[k] = (v, _fingerprint(v), item)
             out.append(item)
-        self._remember_items(key, new)
+        if merge:
+            seen.others.update(others)
+            self._remember_seen(key, seen)
+        elif looks is not None:
+            self._remember_seen(key, _Seen(list(values), looks, out))
+        else:
+            self._remember_seen(key, _Seen(others=others))
         return out, fresh
 
-    def _remember_items(self, key: tuple[str, str, str], items: dict[int, tuple[Any, Any, bytes]]) -> None:
-        self._items[key] = items
-        self._items.move_to_end(key)
-        while len(self._items) > MAX_CACHED_THREADS * 4:
-            self._items.popitem(last=False)
+    def _remember_seen(self, key: tuple[str, str, str], seen: _Seen) -> None:
+        self._seen[key] = seen
+        self._seen.move_to_end(key)
+        while len(self._seen) > MAX_CACHED_THREADS * 4:
+            self._seen.popitem(last=False)
 
     def _encode_checkpoint(self, thread_id: str, ns: str, checkpoint: dict, values: dict) -> tuple[dict, int]:
         lists, others = {}, {}
@@ -394,9 +463,10 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         for name, items in state["lists"].items():
             values[name] = objs = self._load_list(items)
             if remember is not None:
-                self._remember_items((*remember, name), {
-                    id(o): (o, _fingerprint(o), i) for o, i in zip(objs, items)
-                    if isinstance(o, _IMMUTABLE) or hasattr(o, "content")})
+                looks = _looks(objs)
+                self._remember_seen((*remember, name), _Seen(list(objs), looks, list(items)) if looks is not None else
+                                    _Seen(others={id(o): (o, _fingerprint(o), i) for o, i in zip(objs, items)
+                                                  if isinstance(o, _IMMUTABLE) or hasattr(o, "content")}))
         for name, item in state["values"].items():
             values[name] = loads(_typed(item))
         checkpoint["channel_values"] = values
@@ -668,8 +738,8 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             infos = self.store.list(agent_id(tid))
             self._delete([i.id for i in infos])
             self._threads.pop(tid, None)
-            for key in [k for k in self._items if k[0] == tid]:
-                del self._items[key]
+            for key in [k for k in self._seen if k[0] == tid]:
+                del self._seen[key]
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         src, dst = str(source_thread_id), str(target_thread_id)
