@@ -1,0 +1,95 @@
+"""The read path's bookkeeping: where chunks land in a read, which copy the index names, and that damage is
+still named exactly where chunks are decoded straight into the restore buffer."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+import casstore
+from casstore.errors import IntegrityError
+from casstore.index import Index
+from casstore.pack import KIND_DATA, PackEntry
+from casstore.repository import _layout
+
+from .helpers import chat_state, deep_equal
+
+
+def _assemble(entries, data, start, end) -> bytes:
+    """Bytes [start, end) rebuilt from _layout's answer alone."""
+    at, spans, sizes = _layout(entries, start, end)
+    out = bytearray(end - start)
+    for h, (dst, n) in at.items():
+        assert sizes[h] == n
+        out[dst:dst + n] = data[h]
+    for h, dst, a, b in spans:
+        assert h not in at
+        out[dst:dst + b - a] = data[h][a:b]
+    return bytes(out)
+
+
+@pytest.mark.parametrize("repeats", [False, True])
+def test_layout_places_every_byte_of_any_range(repeats):
+    rng = random.Random(7)
+    data = {bytes([i]) * 32: os.urandom(rng.randint(1, 300)) for i in range(40)}
+    hashes = list(data)
+    order = hashes + ([hashes[3], hashes[0], hashes[3]] if repeats else [])
+    rng.shuffle(order)
+    entries = [(h, len(data[h])) for h in order]
+    whole = b"".join(data[h] for h in order)
+    at, spans, _ = _layout(entries, 0, len(whole))
+    assert bool(spans) == repeats                      # without repeats every chunk lands once and whole
+    for start, end in [(0, len(whole)), (0, 1), (5, len(whole) - 3), (len(whole) // 2, len(whole)), (17, 17)]:
+        assert _assemble(entries, data, start, end) == whole[start:end]
+
+
+def test_layout_refuses_a_tree_that_is_too_short_or_gives_two_sizes():
+    h = b"a" * 32
+    with pytest.raises(IntegrityError, match="fewer than"):
+        _layout([(h, 10)], 0, 11)
+    with pytest.raises(IntegrityError, match="two sizes"):
+        _layout([(h, 10), (b"b" * 32, 5), (h, 12)], 0, 27)
+
+
+def test_locate_prefers_a_copy_outside_condemned_packs(tmp_path):
+    index = Index(str(tmp_path / "index"))
+    try:
+        chunk = b"c" * 32
+        first, second = b"1" * 32, b"2" * 32
+        index.add_packs([(first, 100, [PackEntry(chunk, KIND_DATA, 1, 0, 0, 10, 20)]),
+                         (second, 100, [PackEntry(chunk, KIND_DATA, 1, 0, 40, 10, 20),
+                                        PackEntry(b"d" * 32, KIND_DATA, 0, 0, 50, 7, 7)])])
+        found = index.locate([chunk, b"d" * 32, b"x" * 32])
+        assert set(found) == {chunk, b"d" * 32}
+        assert found[b"d" * 32] == (second, KIND_DATA, 0, 0, 50, 7, 7)
+        assert found[chunk].pack in (first, second) and found[chunk].raw_len == 20
+        condemned = found[chunk].pack
+        index.set_condemned({condemned: 0.0})
+        other = second if condemned == first else first
+        assert index.locate([chunk])[chunk].pack == other
+    finally:
+        index.close()
+
+
+def test_small_restore_with_repeated_chunks_matches(store):
+    note = "x" * 3000 + "note"                         # a medium string blob: the same chunks twice in the tree
+    state = {"a": note, "b": note, "chat": chat_state(8), "c": note}
+    info = store.snapshot(state)
+    store.drop_caches()
+    assert deep_equal(store.restore(info.id), state)
+    assert deep_equal(store.restore(info.id), state)   # warm: placed chunks copied from the cache
+
+
+def test_damaged_raw_chunk_placed_in_a_small_restore_is_named(store, repo_dir):
+    state = {"blob": os.urandom(200_000), "chat": chat_state(5)}
+    info = store.snapshot(state)
+    [pack] = sorted(p for p in (repo_dir / "packs").rglob("*") if p.is_file())
+    data = bytearray(pack.read_bytes())
+    data[100_000] ^= 0x40                              # inside the raw (incompressible) blob's chunks
+    pack.write_bytes(bytes(data))
+    store.drop_caches()
+    with pytest.raises(casstore.IntegrityError, match=f"in pack {pack.name} does not match its hash") as err:
+        store.restore(info.id)
+    assert info.id in str(err.value)
