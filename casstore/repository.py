@@ -524,11 +524,11 @@ class Repository:
              entries: list[tree.Entry] | None = None) -> memoryview:
         """The snapshot's logical bytes [start, end): structure stream, then blobs.
 
-        Chunks come from the cache when it holds them; the others are decoded
-        straight into the buffer where they land once and whole (see _layout),
-        and decoded once, then copied to each place, where they do not. A read
-        small enough for the cache (see cache.py) fills it with copies; a bigger
-        one bypasses it.
+        Chunks come from the cache when it holds them. A read small enough for
+        the cache (see cache.py) fills it with the decoder's output and copies
+        each chunk into place; a bigger one bypasses it and decodes each chunk
+        that lands once and whole (see _layout) straight into the buffer (the
+        others are decoded once, then copied to each place).
         The buffer is a writable numpy allocation, not a zero-filled bytearray:
         every byte is overwritten by a verified chunk before it is returned, so
         zeroing hundreds of megabytes first would be wasted work. Its pages are
@@ -544,19 +544,19 @@ class Repository:
         view = memoryview(buf)
         got = self.cache.get_many(sizes)
         todo = [h for h in sizes if h not in got]
-        if todo:
+        if todo and sum(sizes[h] for h in todo) > self.cache.admit_limit:
+            self._load(todo, got.__setitem__, Places(view, at))
+            at = {h: p for h, p in at.items() if h in got}   # the cached ones: _load placed the others
+        elif todo:   # the decoder's fresh bytes go to the cache as they are, then one copy into place
             fresh: dict[bytes, bytes | memoryview] = {}
-            self._load(todo, fresh.__setitem__, Places(view, at))
-            if sum(sizes[h] for h in todo) <= self.cache.admit_limit:
-                self.cache.put_many([(h, bytes(view[p[0]:p[0] + p[1]]) if (p := at.get(h)) else bytes(fresh[h]))
-                                     for h in todo])
-            for h, data in got.items():
-                if (p := at.get(h)) is not None:
-                    _put(view, p, h, data)
+            self._load(todo, fresh.__setitem__)
+            self.cache.put_many((h, bytes(data)) for h, data in fresh.items())
             got.update(fresh)
-        else:
-            for h, p in at.items():
-                _put(view, p, h, got[h])
+        for h, (dst, n) in at.items():
+            data = got[h]
+            if len(data) != n:
+                raise IntegrityError(f"chunk {h.hex()} holds {len(data)} bytes; the chunk tree says {n}")
+            view[dst:dst + n] = data
         for h, dst, a, b in spans:
             data = got[h]
             if len(data) != sizes[h]:
@@ -640,7 +640,8 @@ class Repository:
                 place = at.get(h)
                 if place is not None and place[1] != loc.raw_len:
                     raise IntegrityError(f"chunk {h.hex()} holds {loc.raw_len} bytes; the chunk tree says {place[1]}")
-                if place is None or not runs or loc.method not in (ZSTD, ZSTD_SHUFFLE):
+                j = _run_end(group, i, at) if place is not None and runs and loc.method in (ZSTD, ZSTD_SHUFFLE) else i + 1
+                if j == i + 1:   # one chunk: one decompress call costs less than a stream reader
                     stored = self._unseal(h, buf[loc.offset - base:loc.offset - base + loc.stored_len], pack_id)
                     try:
                         data = self.codec.decompress(loc.method, stored, loc.raw_len, loc.itemsize,
@@ -649,17 +650,10 @@ class Repository:
                         raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()}: {e}") from e
                     chunks.append((pack_id, h, loc))
                     out.append(data)
-                    i += 1
+                    i = j
                     continue
-                j, stored_end, dst_end = i + 1, loc.offset + loc.stored_len, place[0] + loc.raw_len
-                while j < len(group):
-                    hj, lj = group[j]
-                    if (lj.offset != stored_end or lj.method != loc.method or at.get(hj) != (dst_end, lj.raw_len)
-                            or loc.method == ZSTD_SHUFFLE and (lj.raw_len, lj.itemsize) != (loc.raw_len, loc.itemsize)):
-                        break
-                    stored_end += lj.stored_len
-                    dst_end += lj.raw_len
-                    j += 1
+                stored_end = group[j - 1][1].offset + group[j - 1][1].stored_len
+                dst_end = at[group[j - 1][0]][0] + group[j - 1][1].raw_len
                 try:
                     self.codec.inflate_into(loc.method, buf[loc.offset - base:stored_end - base], dst[place[0]:dst_end],
                                             loc.itemsize, loc.raw_len)
@@ -843,18 +837,28 @@ def _layout(entries: list[tree.Entry], start: int, end: int
     return at, [sp for sp in spans if sp[0] not in at], sizes
 
 
-def _put(view: memoryview, place: tuple[int, int], h: bytes, data: bytes | memoryview) -> None:
-    """Copy a cached chunk into its place, after checking it has the size the chunk tree gives."""
-    if len(data) != place[1]:
-        raise IntegrityError(f"chunk {h.hex()} holds {len(data)} bytes; the chunk tree says {place[1]}")
-    view[place[0]:place[0] + place[1]] = data
-
-
 def _finish(futures: list[Future]) -> None:
     """Wait for every task, then raise the first failure: no thread is still writing when the caller goes on."""
     wait(futures)
     for f in futures:
         f.result()
+
+
+def _run_end(group: list[tuple[bytes, Location]], i: int, at: dict[bytes, tuple[int, int]]) -> int:
+    """The end of the run starting at group[i]: chunks stored back to back with one method, placed
+    back to back in the buffer (and, shuffled, of one size and item size), so one zstd stream
+    decodes them all into place."""
+    loc = group[i][1]
+    j, stored_end, dst_end = i + 1, loc.offset + loc.stored_len, at[group[i][0]][0] + loc.raw_len
+    while j < len(group):
+        hj, lj = group[j]
+        if (lj.offset != stored_end or lj.method != loc.method or at.get(hj) != (dst_end, lj.raw_len)
+                or loc.method == ZSTD_SHUFFLE and (lj.raw_len, lj.itemsize) != (loc.raw_len, loc.itemsize)):
+            break
+        stored_end += lj.stored_len
+        dst_end += lj.raw_len
+        j += 1
+    return j
 
 
 def _coalesce(locs: dict[bytes, Location], max_read: int) -> list[Range]:

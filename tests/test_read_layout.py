@@ -82,7 +82,7 @@ def test_small_restore_with_repeated_chunks_matches(store):
     assert deep_equal(store.restore(info.id), state)   # warm: placed chunks copied from the cache
 
 
-def test_damaged_raw_chunk_placed_in_a_small_restore_is_named(store, repo_dir):
+def test_damaged_raw_chunk_in_a_small_restore_is_named(store, repo_dir):
     state = {"blob": os.urandom(200_000), "chat": chat_state(5)}
     info = store.snapshot(state)
     [pack] = sorted(p for p in (repo_dir / "packs").rglob("*") if p.is_file())
@@ -93,3 +93,27 @@ def test_damaged_raw_chunk_placed_in_a_small_restore_is_named(store, repo_dir):
     with pytest.raises(casstore.IntegrityError, match=f"in pack {pack.name} does not match its hash") as err:
         store.restore(info.id)
     assert info.id in str(err.value)
+
+
+def test_frame_that_breaks_a_run_decoded_into_place_is_named_exactly(tmp_path):
+    """With no cache every read takes the big path: runs of adjacent frames are decoded by one zstd
+    stream straight into the buffer. A frame in the middle of a run that does not decode is
+    reported as that chunk, not as the run."""
+    from casstore.compress import ZSTD
+    from casstore.pack import read_entries
+    repo_dir = tmp_path / "repo"
+    with casstore.open(str(repo_dir), cache_bytes=0) as store:
+        state = chat_state(40)
+        info = store.snapshot(state)
+        assert deep_equal(store.restore(info.id), state)
+    [pack] = sorted(p for p in (repo_dir / "packs").rglob("*") if p.is_file())
+    entries = sorted((e for e in read_entries(pack.read_bytes()) if e.method == ZSTD), key=lambda e: e.offset)
+    runs = [b for a, b, c in zip(entries, entries[1:], entries[2:])
+            if a.offset + a.stored_len == b.offset and b.offset + b.stored_len == c.offset]
+    e = runs[len(runs) // 2]                           # a frame with adjacent frames on both sides
+    data = bytearray(pack.read_bytes())
+    data[e.offset:e.offset + 4] = b"\0\0\0\0"
+    pack.write_bytes(bytes(data))
+    with casstore.open(str(repo_dir), cache_bytes=0) as store:
+        with pytest.raises(casstore.IntegrityError, match=f"chunk {e.hash.hex()} in pack {pack.name}: zstd"):
+            store.restore(info.id)
