@@ -633,11 +633,20 @@ class Repository:
         out: list[bytes | memoryview] = []
         at, dst = places.at, places.buf
         runs = not self.sealer.encrypted   # sealed chunks are opened one by one: their frames are not adjacent
+        plain: list[int] = []              # positions in out of plain zstd chunks without a place, decoded together
+        frames: list[memoryview] = []
         for (pack_id, base, _, group), buf in reads:
             i = 0
             while i < len(group):
                 h, loc = group[i]
                 place = at.get(h)
+                if place is None and runs and loc.method == ZSTD:
+                    plain.append(len(out))
+                    frames.append(buf[loc.offset - base:loc.offset - base + loc.stored_len])
+                    chunks.append((pack_id, h, loc))
+                    out.append(b"")
+                    i += 1
+                    continue
                 if place is not None and place[1] != loc.raw_len:
                     raise IntegrityError(f"chunk {h.hex()} holds {loc.raw_len} bytes; the chunk tree says {place[1]}")
                 j = _run_end(group, i, at) if place is not None and runs and loc.method in (ZSTD, ZSTD_SHUFFLE) else i + 1
@@ -666,6 +675,16 @@ class Repository:
                     chunks.append((pack_id, hk, lk))
                     out.append(dst[off:off + lk.raw_len])
                 i = j
+        if plain:
+            try:
+                decoded = self.codec.inflate_each(frames, [chunks[k][2].raw_len for k in plain])
+            except IntegrityError as e:
+                for k, frame in zip(plain, frames):
+                    pack_id, h, loc = chunks[k]
+                    self._name_bad_frame(pack_id, frame, loc.offset, [(h, loc)])
+                raise IntegrityError(f"one of {len(plain)} chunks: {e}") from e
+            for k, data in zip(plain, decoded):
+                out[k] = data
         return chunks, out
 
     def _name_bad_frame(self, pack_id: bytes, buf: memoryview, base: int, run: list[tuple[bytes, Location]]) -> None:
