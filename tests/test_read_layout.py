@@ -117,3 +117,22 @@ def test_frame_that_breaks_a_run_decoded_into_place_is_named_exactly(tmp_path):
     with casstore.open(str(repo_dir), cache_bytes=0) as store:
         with pytest.raises(casstore.IntegrityError, match=f"chunk {e.hash.hex()} in pack {pack.name}: zstd"):
             store.restore(info.id)
+
+
+def test_arrays_restored_from_a_mapped_buffer_stay_valid_and_writable(tmp_path):
+    """A read of MMAP_BUFFER bytes or more lands in an anonymous mapping; the arrays restored
+    from it are views that keep it alive after the store is gone."""
+    import gc
+
+    import numpy as np
+
+    from casstore.repository import MMAP_BUFFER
+    rng = np.random.default_rng(11)
+    state = {"emb": rng.standard_normal((MMAP_BUFFER // 256 + 100, 64), dtype=np.float32), "text": "t" * 5000}
+    with casstore.open(str(tmp_path / "repo"), cache_bytes=0) as store:
+        info = store.snapshot(state)
+        restored = store.restore(info.id)
+    gc.collect()
+    assert deep_equal(restored, state)
+    restored["emb"][0, 0] = 42.0
+    assert restored["emb"][0, 0] == 42.0 and state["emb"][0, 0] != 42.0
