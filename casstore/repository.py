@@ -627,7 +627,9 @@ class Repository:
         A chunk with a place is decoded straight into it, others into new
         buffers. Chunks stored back to back whose places also follow each other
         (a fresh snapshot's, usually) are decoded as one run (Codec.inflate_into):
-        no Python step, temporary or copy per chunk. The rest are decoded one by one.
+        no Python step, temporary or copy per chunk. Plain zstd chunks without a
+        place (a small restore's) are decoded together (Codec.inflate_each); the
+        rest one by one. A frame that fails is named on its own (_name_bad_frame).
         """
         chunks: list[Read] = []
         out: list[bytes | memoryview] = []
@@ -844,12 +846,11 @@ def _layout(entries: list[tree.Entry], start: int, end: int
     accumulate/zip/dict calls: a 1 GiB state has ~60,000 chunks, and a Python step
     per chunk here is time before the first byte is read.
     """
-    hashes = [h for h, _ in entries]
     if start == 0 and entries:
         lengths = [n for _, n in entries]
         offsets = list(accumulate(lengths, initial=0))
         if offsets[-1] == end:
-            at = dict(zip(hashes, zip(offsets, lengths)))
+            at = dict(zip([h for h, _ in entries], zip(offsets, lengths)))
             if len(at) == len(entries):
                 return at, [], dict(entries)
     spans: list[tuple[bytes, int, int, int]] = []
