@@ -42,6 +42,7 @@ T = TypeVar("T")
 BACKOFF_BASE = 0.05  # seconds; first retry waits up to this long
 BACKOFF_CAP = 2.0  # seconds; no single wait is longer
 TEMP_MARKER = ".tmp-"  # in-flight local puts are named ".<name>.tmp-<random>"
+PATHS_KEPT = 8192  # local paths of keys read by range, kept so a restore's hundreds of reads skip re-checking keys
 
 # pip packages that provide fsspec drivers, for the "install X" hint.
 _DRIVER_PACKAGES = {
@@ -225,6 +226,7 @@ class Backend:
         self.max_workers = max(1, int(max_workers))
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._read_paths: dict[str, str] = {}  # key -> checked local path (see _read_path)
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = {"put": 0, "get": 0, "list": 0, "delete": 0, "head": 0}
 
@@ -245,6 +247,17 @@ class Backend:
         if self.is_local:
             return os.path.join(self._root, *parts)
         return f"{self._root}/{key}"
+
+    def _read_path(self, key: str) -> str:
+        """_path(key), remembered for up to PATHS_KEPT keys: checking and joining a key costs more than
+        the pread of a small range it names."""
+        path = self._read_paths.get(key)
+        if path is None:
+            path = self._path(key)
+            if len(self._read_paths) >= PATHS_KEPT:
+                self._read_paths.clear()
+            self._read_paths[key] = path
+        return path
 
     def object_url(self, key: str) -> str:
         """The (redacted) URL of `key`, for messages."""
@@ -414,7 +427,7 @@ class Backend:
         """
         if start < 0 or end < start:
             raise ValueError(f"invalid byte range [{start}, {end}) for {self.object_url(key)}")
-        path = self._path(key)
+        path = self._read_path(key) if self.is_local else self._path(key)
         if end == start:
             return b""
         if self.is_local:

@@ -163,14 +163,23 @@ class Index:
 
         One cursor call fetches every copy of every hash: a restore asks for thousands.
         """
-        best: dict[bytes, bytes] = {}
         with self.env.begin() as txn:
             condemned = self._condemned_nums(txn)
-            for h, v in txn.cursor(db=self._chunks).getmulti(hashes, dupdata=True):
-                old = best.get(h)
-                if old is None or (old[:4] in condemned and v[:4] not in condemned):
-                    best[h] = v
-            return {h: self._location(txn, v) for h, v in best.items()}
+            cur = txn.cursor(db=self._chunks)
+            if not condemned:   # any copy will do: the first of each hash
+                found = cur.getmulti(hashes)
+            else:
+                best: dict[bytes, bytes] = {}
+                for h, v in cur.getmulti(hashes, dupdata=True):
+                    old = best.get(h)
+                    if old is None or (old[:4] in condemned and v[:4] not in condemned):
+                        best[h] = v
+                found = list(best.items())
+            # One unpack call for all values, and tuple.__new__ rather than Location(): at a
+            # restore's tens of thousands of chunks the per-chunk Python step is what costs.
+            ids, pack_id, new = self._pack_ids, self._pack_id, tuple.__new__
+            return {h: new(Location, (ids.get(v[:4]) or pack_id(txn, v[:4]), *fields[1:]))
+                    for (h, v), fields in zip(found, _LOC.iter_unpack(b"".join(v for _, v in found)))}
 
     def iter_chunks(self) -> Iterator[tuple[bytes, Location]]:
         """Every (hash, location) pair, a chunk once per pack that holds it."""
