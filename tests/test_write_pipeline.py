@@ -75,3 +75,24 @@ def test_shuffled_blocks_take_their_own_level_and_every_level_restores(tmp_path,
         assert deep_equal(store.restore(store.list()[0].id), state)
     with pytest.raises(casstore.ConfigurationError):
         casstore.open(str(tmp_path / "repo1"), shuffle_level=0)
+
+
+def test_big_ascii_strings_are_chunked_from_their_own_buffer(tmp_path):
+    import gc
+
+    from casstore.utf8view import VIEW_MIN, utf8
+    text = "".join(chr(97 + i % 26) for i in range(VIEW_MIN + 7))
+    view = utf8(text)
+    assert view.readonly and view.format == "B" and bytes(view) == text.encode()
+    assert not isinstance(view.obj, bytes)                       # no copy was made
+    del text
+    gc.collect()
+    assert bytes(view[:3]) == b"abc"                             # the view keeps its str alive
+    for copied in ("é" * VIEW_MIN, "a" * (VIEW_MIN - 1)):        # not ASCII, or small: encoded
+        assert isinstance(utf8(copied).obj, bytes) and bytes(utf8(copied)) == copied.encode()
+    state = {"ascii": "agent " * VIEW_MIN, "accents": "été " * VIEW_MIN, "list": ["x" * (2 * VIEW_MIN), "y"]}
+    with casstore.open(str(tmp_path / "repo")) as store:
+        info = store.snapshot(state)
+        store.drop_caches()
+        assert store.restore(info.id) == state
+        assert store.verify(deep=True).ok
