@@ -930,9 +930,10 @@ class _NewChunks:
         self.puts.append(self.repo.pool.submit(self._finalize_and_put, writer))
 
     def _finalize_and_put(self, writer: PackWriter) -> tuple[bytes, int, list[PackEntry]]:
-        pack_id, data, entries = writer.finalize()
-        self.repo.backend.put(pack_key(pack_id), data)
-        return pack_id, len(data), entries
+        """Hash the pack and put it, in pieces: its chunks are never joined into one buffer."""
+        pack_id, pieces, entries = writer.pieces()
+        self.repo.backend.put(pack_key(pack_id), pieces)
+        return pack_id, sum(map(len, pieces)), entries
 
 
 def read_pack_trailer(backend: Backend, key: str, sealer: crypto.Sealer = crypto.NULL_SEALER

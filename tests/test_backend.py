@@ -141,6 +141,12 @@ def test_missing_object_raises_not_found_naming_the_url(backend):
         backend.get_range("snapshots/ab/missing", 0, 1)
 
 
+def test_put_of_pieces_stores_them_in_order(backend):
+    pieces = [b"head", memoryview(b"xy" * 5000), bytearray(b"middle"), b"", memoryview(b"tail")]
+    backend.put("packs/ab/pieces", pieces)
+    assert backend.get("packs/ab/pieces") == b"".join(pieces)
+
+
 def test_invalid_keys_are_rejected(backend):
     for key in ["", "/abs", "a/../b", "a//b", "dir/"]:
         with pytest.raises(ValueError):
@@ -177,6 +183,22 @@ def test_local_put_fsyncs_file_and_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(backend_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     b.put("packs/ab/abc", b"data")
     assert len(synced) >= 2  # the file's data, then the directory entry
+
+
+def test_local_put_of_more_pieces_than_one_writev_takes_resumes_short_writes(tmp_path, monkeypatch):
+    b = Backend(str(tmp_path / "repo"))
+    pieces = [os.urandom(1 + i % 300) for i in range(3 * backend_module._IOV_MAX + 5)]
+    calls: list[int] = []
+
+    def short_writev(fd, bufs):   # the kernel may write less than asked: here a third, at most
+        calls.append(len(bufs))
+        data = b"".join(map(bytes, bufs))
+        return os.write(fd, data[:max(1, len(data) // 3)])
+
+    monkeypatch.setattr(backend_module.os, "writev", short_writev)
+    b.put("packs/ab/many", pieces)
+    assert b.get("packs/ab/many") == b"".join(pieces)
+    assert max(calls) <= backend_module._IOV_MAX and len(calls) > 3
 
 
 def test_concurrent_reader_sees_whole_objects(tmp_path):

@@ -77,6 +77,21 @@ def test_shuffled_blocks_take_their_own_level_and_every_level_restores(tmp_path,
         casstore.open(str(tmp_path / "repo1"), shuffle_level=0)
 
 
+def test_a_pack_in_pieces_is_named_by_the_hash_of_its_bytes_and_reads_back():
+    import blake3
+
+    from casstore.pack import PackWriter, read_entries
+    writer = PackWriter()
+    chunks = [(bytes([i]) * 32, memoryview(bytes([i]) * (100 + i))) for i in range(5)]
+    for h, data in chunks:
+        writer.add(h, 0, 0, 0, data, len(data))
+    pack_id, pieces, entries = writer.pieces()
+    data = b"".join(pieces)
+    assert pack_id == blake3.blake3(data).digest()
+    assert read_entries(data) == entries and [e.hash for e in entries] == [h for h, _ in chunks]
+    assert [data[e.offset:e.offset + e.stored_len] for e in entries] == [bytes(d) for _, d in chunks]
+
+
 def test_big_ascii_strings_are_chunked_from_their_own_buffer(tmp_path):
     import gc
 
