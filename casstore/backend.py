@@ -287,7 +287,7 @@ class Backend:
     # ------------------------------------------------------------------ writes
 
     def put(self, key: str, data: bytes | bytearray | memoryview | list[bytes | memoryview], *,
-            durable: bool = True) -> None:
+            durable: bool = True, cache: bool = True) -> None:
         """Store `data` under `key` atomically, replacing any previous object.
 
         data may be a list of pieces, the object's bytes in order: a local put
@@ -296,10 +296,14 @@ class Backend:
         a remote put joins them into its one request.
         durable=False skips the fsyncs of a local put, for objects whose loss
         in a power cut is harmless (gc marks: a lost mark only delays a deletion).
+        cache=False asks the OS to drop a durable local object's pages from its
+        page cache once they are on disk (see _drop_cached).
         """
         path = self._path(key)
         if self.is_local:
             self._run("put", key, "put", lambda: _local_put(path, data, durable))
+            if durable and not cache:
+                _drop_cached(path)
         else:
             payload = b"".join(data) if isinstance(data, list) else data if isinstance(data, bytes) else bytes(data)
             self._run("put", key, "put", lambda: self.fs.pipe_file(path, payload))
@@ -664,6 +668,25 @@ def _local_put(path: str, data: bytes | bytearray | memoryview | list[bytes | me
         raise
     if durable:
         _fsync_dir(os.path.dirname(path))
+
+
+def _drop_cached(path: str) -> None:
+    """Tell the kernel a file just made durable will not be read soon (POSIX_FADV_DONTNEED), as borg
+    does for its segment files: its clean pages go back to the free memory the next writes take,
+    instead of filling the page cache. Advice only: where it is missing or refused, nothing happens."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _local_create(path: str, data: bytes | bytearray | memoryview) -> bool:

@@ -922,17 +922,17 @@ class _NewChunks:
     def _put(self, writer: PackWriter) -> None:
         if self.finishing and not self.puts:  # the only pack (a small snapshot): no hand-off to the pool
             done: Future = Future()
-            done.set_result(self._finalize_and_put(writer))
+            done.set_result(self._finalize_and_put(writer, True))
             self.puts.append(done)
             return
         if len(self.puts) >= PUTS_AHEAD:
             self.puts[-PUTS_AHEAD].result()
-        self.puts.append(self.repo.pool.submit(self._finalize_and_put, writer))
+        self.puts.append(self.repo.pool.submit(self._finalize_and_put, writer, False))
 
-    def _finalize_and_put(self, writer: PackWriter) -> tuple[bytes, int, list[PackEntry]]:
-        """Hash the pack and put it, in pieces: its chunks are never joined into one buffer."""
+    def _finalize_and_put(self, writer: PackWriter, cache: bool) -> tuple[bytes, int, list[PackEntry]]:
+        """Hash the pack and put it; a big write's packs (cache=False) are left out of the OS page cache."""
         pack_id, pieces, entries = writer.pieces()
-        self.repo.backend.put(pack_key(pack_id), pieces)
+        self.repo.backend.put(pack_key(pack_id), pieces, cache=cache)
         return pack_id, sum(map(len, pieces)), entries
 
 

@@ -201,6 +201,25 @@ def test_local_put_of_more_pieces_than_one_writev_takes_resumes_short_writes(tmp
     assert max(calls) <= backend_module._IOV_MAX and len(calls) > 3
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this OS")
+def test_local_put_without_cache_advises_the_kernel_once_the_object_is_durable(tmp_path, monkeypatch):
+    b = Backend(str(tmp_path / "repo"))
+    events: list[tuple] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(backend_module.os, "fsync", lambda fd: (events.append(("fsync",)), real_fsync(fd)))
+    monkeypatch.setattr(backend_module.os, "posix_fadvise",
+                        lambda fd, offset, length, advice: events.append((os.fstat(fd).st_ino, offset, length, advice)))
+    b.put("packs/ab/big", b"x" * 100_000, cache=False)
+    dropped = events[-1]
+    assert dropped == (os.stat(tmp_path / "repo" / "packs" / "ab" / "big").st_ino, 0, 0, os.POSIX_FADV_DONTNEED)
+    assert events.index(dropped) > events.index(("fsync",))   # after the data is on disk
+    events.clear()
+    b.put("packs/ab/small", b"y")
+    b.put("gc/condemned/ab", b"", durable=False, cache=False)   # dirty pages would not drop: no advice
+    assert all(e == ("fsync",) for e in events)
+    assert b.get("packs/ab/big") == b"x" * 100_000 and b.get("packs/ab/small") == b"y"
+
+
 def test_concurrent_reader_sees_whole_objects(tmp_path):
     b = Backend(str(tmp_path / "repo"))
     versions = [b"a" * 200_000, b"b" * 300_000]

@@ -92,6 +92,23 @@ def test_a_pack_in_pieces_is_named_by_the_hash_of_its_bytes_and_reads_back():
     assert [data[e.offset:e.offset + e.stored_len] for e in entries] == [bytes(d) for _, d in chunks]
 
 
+def test_a_big_write_leaves_its_packs_out_of_the_page_cache_and_a_small_one_keeps_its_pack(tmp_path, small_batches,
+                                                                                          monkeypatch):
+    from casstore.backend import Backend
+    advised: dict[str, bool] = {}
+    real = Backend.put
+    monkeypatch.setattr(Backend, "put", lambda self, key, data, **kw: (
+        advised.__setitem__(key, kw.get("cache", True)) if key.startswith("packs/") else None,
+        real(self, key, data, **kw))[1])
+    with casstore.open(str(tmp_path / "repo")) as store:
+        big = store.snapshot(big_state(4), "big")
+        assert len(advised) >= 3 and not any(advised.values())   # every pack of the big write
+        advised.clear()
+        small = store.snapshot({"note": "hello"}, "small")
+        assert list(advised.values()) == [True]                  # the only pack of a small one
+        assert deep_equal(store.restore(big.id), big_state(4)) and store.restore(small.id) == {"note": "hello"}
+
+
 def test_big_ascii_strings_are_chunked_from_their_own_buffer(tmp_path):
     import gc
 
