@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
-from . import crypto, manifest, tree
+from . import crypto, gcpause, manifest, tree
 from .backend import Backend
 from .cache import DEFAULT_CACHE_BYTES, ChunkCache
 from .chunker import Chunker
@@ -315,7 +315,9 @@ class Repository:
         lineage = (agent_id, session_id)
         with self._lock:
             try:
-                snap_id, fields, levels = self._write(kind, streams, lineage, description, metadata, structure_last)
+                with gcpause.paused(sum(s.data.nbytes for s in streams if s.data is not None)):
+                    snap_id, fields, levels = self._write(kind, streams, lineage, description, metadata,
+                                                          structure_last)
             except BaseException:  # what this write chunked or built may not be stored: reuse none of it
                 self.memo.forget(lineage)
                 self._trees.pop(lineage, None)

@@ -128,3 +128,32 @@ def test_big_ascii_strings_are_chunked_from_their_own_buffer(tmp_path):
         store.drop_caches()
         assert store.restore(info.id) == state
         assert store.verify(deep=True).ok
+
+
+def test_a_big_write_pauses_the_cyclic_gc_while_it_cuts_and_switches_it_back_on(tmp_path, small_batches, monkeypatch):
+    import gc
+
+    from casstore import gcpause
+    from casstore.chunker import Chunker
+    monkeypatch.setattr(gcpause, "PAUSE_MIN", 1 << 20)
+    seen: list[bool] = []
+    real = Chunker.cut_blob
+    monkeypatch.setattr(Chunker, "cut_blob", lambda self, *a: (seen.append(gc.isenabled()), real(self, *a))[1])
+    with casstore.open(str(tmp_path / "repo")) as store:
+        assert gc.isenabled()
+        store.snapshot(big_state(5), "big")                       # ~7 MB of streams: paused
+        assert seen and not any(seen) and gc.isenabled()
+        seen.clear()
+        store.snapshot({"blob": b"x" * 200_000}, "small")         # below PAUSE_MIN: untouched
+        assert seen == [True]
+        monkeypatch.setattr(Chunker, "cut_blob", lambda self, *a: (_ for _ in ()).throw(RuntimeError("cut failed")))
+        with pytest.raises(RuntimeError):
+            store.snapshot(big_state(6), "failing")
+        assert gc.isenabled()                                     # back on after a failure too
+        gc.disable()
+        try:
+            monkeypatch.setattr(Chunker, "cut_blob", real)
+            store.snapshot(big_state(7), "app-disabled")
+            assert not gc.isenabled()                             # the application's choice stands
+        finally:
+            gc.enable()
