@@ -302,17 +302,26 @@ class Backend:
 
     # ------------------------------------------------------------------ writes
 
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview | list[bytes | memoryview], *,
+            durable: bool = True, cache: bool = True) -> None:
         """Store `data` under `key` atomically, replacing any previous object.
 
+        data may be a list of pieces, the object's bytes in order: a local put
+        writes them with writev, so a pack's compressed chunks reach the file
+        without first being joined into one buffer (a copy of the whole pack);
+        a remote put joins them into its one request.
         durable=False skips the fsyncs of a local put, for objects whose loss
         in a power cut is harmless (gc marks: a lost mark only delays a deletion).
+        cache=False asks the OS to drop a durable local object's pages from its
+        page cache once they are on disk (see _drop_cached).
         """
         path = self._path(key)
         if self.is_local:
             self._run("put", key, "put", lambda: _local_put(path, data, durable))
+            if durable and not cache:
+                _drop_cached(path)
         else:
-            payload = bytes(data) if not isinstance(data, bytes) else data
+            payload = b"".join(data) if isinstance(data, list) else data if isinstance(data, bytes) else bytes(data)
             self._run("put", key, "put", lambda: self.fs.pipe_file(path, payload))
 
     def put_pair(self, first: tuple[str, bytes | memoryview], then: tuple[str, bytes | memoryview]) -> None:
@@ -660,16 +669,15 @@ def _ensure_parent(path: str) -> str:
     return parent
 
 
-def _write_temp(path: str, data: bytes | bytearray | memoryview, durable: bool = True) -> str:
-    """Write `data` to a fresh (fsynced when durable) temp file next to `path`; return its name."""
+def _write_temp(path: str, data: bytes | bytearray | memoryview | list[bytes | memoryview],
+                durable: bool = True) -> str:
+    """Write `data` (bytes, or pieces in order) to a fresh (fsynced when durable) temp file next to
+    `path`; return its name."""
     parent = _ensure_parent(path)
     tmp = os.path.join(parent, f".{os.path.basename(path)}{TEMP_MARKER}{uuid.uuid4().hex}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
     try:
-        view = memoryview(data).cast("B")
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_all(fd, data if isinstance(data, list) else [data])
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -680,7 +688,38 @@ def _write_temp(path: str, data: bytes | bytearray | memoryview, durable: bool =
     return tmp
 
 
-def _local_put(path: str, data: bytes | bytearray | memoryview, durable: bool = True) -> None:
+def _write_all(fd: int, pieces: list[bytes | bytearray | memoryview]) -> None:
+    """Write every piece, in order: writev with up to IOV_MAX pieces a call where the OS has it
+    (short writes are resumed), else one write after another."""
+    views = [v for v in (memoryview(p).cast("B") for p in pieces) if len(v)]
+    if not hasattr(os, "writev"):
+        for view in views:
+            while view:
+                view = view[os.write(fd, view):]
+        return
+    i = 0
+    while i < len(views):
+        written = os.writev(fd, views[i:i + _IOV_MAX])
+        while i < len(views) and written >= len(views[i]):
+            written -= len(views[i])
+            i += 1
+        if written:
+            views[i] = views[i][written:]
+
+
+def _iov_max() -> int:
+    """Pieces one writev call may take: the OS's limit, at most 1024 (POSIX promises 16)."""
+    try:
+        return max(16, min(1024, os.sysconf("SC_IOV_MAX")))
+    except (AttributeError, ValueError, OSError):
+        return 16
+
+
+_IOV_MAX = _iov_max()
+
+
+def _local_put(path: str, data: bytes | bytearray | memoryview | list[bytes | memoryview],
+               durable: bool = True) -> None:
     tmp = _write_temp(path, data, durable)
     if durable:
         _rename_durably(tmp, path)
@@ -708,6 +747,25 @@ def _discard_staged(staged: Any) -> None:
         _unlink_quietly(staged.result())
     except Exception:  # noqa: BLE001 - the write that failed first is the error the caller sees
         pass
+
+
+def _drop_cached(path: str) -> None:
+    """Tell the kernel a file just made durable will not be read soon (POSIX_FADV_DONTNEED), as borg
+    does for its segment files: its clean pages go back to the free memory the next writes take,
+    instead of filling the page cache. Advice only: where it is missing or refused, nothing happens."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _local_create(path: str, data: bytes | bytearray | memoryview) -> bool:

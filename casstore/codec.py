@@ -48,6 +48,7 @@ from typing import Any, Callable
 import msgpack
 
 from .errors import SerializationError
+from .utf8view import utf8
 
 BIG_LEAF = 64 * 1024  # leaves at least this large become their own blobs
 MEDIUM_LEAF = 1024  # str/bytes at least this large, outside lists, become blobs chunked like the structure
@@ -295,7 +296,7 @@ class _Encoder:
         if seen is not None:
             return seen[1]
         if view is None:
-            view = memoryview(obj.encode("utf-8") if kind == BLOB_STR else obj).cast("B")
+            view = utf8(obj) if kind == BLOB_STR else memoryview(obj).cast("B")
         ref = self.ext(EXT_BLOB, [self.region, view.nbytes, kind, meta])
         self.blobs.append(Blob(view, row_bytes, itemsize, small_chunks=view.nbytes < self.big_leaf))
         self.region += view.nbytes

@@ -72,7 +72,12 @@ class PackEntry:
 
 
 class PackWriter:
-    """Accumulates stored chunks in memory; finalize() returns (pack id, pack bytes, entries)."""
+    """Accumulates stored chunks in memory; finalize() returns (pack id, pack bytes, entries).
+
+    pieces() is the same pack left in pieces (the stored chunks as added, then
+    trailer and footer), hashed piece by piece: a local put writes them with
+    writev, so a big pack is never joined into one buffer.
+    """
 
     def __init__(self, sealer: Sealer = NULL_SEALER) -> None:
         self.sealer = sealer
@@ -90,14 +95,26 @@ class PackWriter:
         self.size += n
 
     def finalize(self) -> tuple[bytes, bytes, list[PackEntry]]:
+        data = b"".join([*self._parts, self._tail()])
+        return blake3.blake3(data).digest(), data, self._entries
+
+    def pieces(self) -> tuple[bytes, list[bytes | memoryview], list[PackEntry]]:
+        """(pack id, the pack's bytes as pieces in order, entries)."""
+        pieces = [*self._parts, self._tail()]
+        hasher = blake3.blake3()
+        for piece in pieces:
+            hasher.update(piece)
+        return hasher.digest(), pieces, self._entries
+
+    def _tail(self) -> bytes:
+        """Trailer (sealed in an encrypted repository) and footer, with a fresh salt."""
         trailer = b"".join(ENTRY.pack(e.hash, e.kind, e.method, e.itemsize, e.offset, e.stored_len, e.raw_len)
                            for e in self._entries)
         salt = os.urandom(16)
         version = VERSION
         if self.sealer.encrypted:
             trailer, version = self.sealer.seal(trailer, AD_TRAILER + salt), VERSION_SEALED
-        data = b"".join([*self._parts, trailer, FOOTER.pack(len(self._entries), version, salt, MAGIC)])
-        return blake3.blake3(data).digest(), data, self._entries
+        return trailer + FOOTER.pack(len(self._entries), version, salt, MAGIC)
 
 
 def parse_footer(footer: bytes, pack_size: int) -> int:

@@ -37,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
-from . import crypto, manifest, tree
+from . import crypto, gcpause, manifest, tree
 from .backend import Backend
 from .cache import DEFAULT_CACHE_BYTES, ChunkCache
 from .chunker import Chunker
@@ -325,7 +325,9 @@ class Repository:
         lineage = (agent_id, session_id)
         with self._lock:
             try:
-                snap_id, fields, levels = self._write(kind, streams, lineage, description, metadata, structure_last)
+                with gcpause.paused(sum(s.data.nbytes for s in streams if s.data is not None)):
+                    snap_id, fields, levels = self._write(kind, streams, lineage, description, metadata,
+                                                          structure_last)
             except BaseException:  # what this write chunked or built may not be stored: reuse none of it
                 self.memo.forget(lineage)
                 self._trees.pop(lineage, None)
@@ -1032,17 +1034,18 @@ class _NewChunks:
                 self.deferred = (pack_key(pack_id), data)
                 done.set_result((pack_id, len(data), entries))
             else:
-                done.set_result(self._finalize_and_put(writer))
+                done.set_result(self._finalize_and_put(writer, True))
             self.puts.append(done)
             return
         if len(self.puts) >= PUTS_AHEAD:
             self.puts[-PUTS_AHEAD].result()
-        self.puts.append(self.repo.pool.submit(self._finalize_and_put, writer))
+        self.puts.append(self.repo.pool.submit(self._finalize_and_put, writer, False))
 
-    def _finalize_and_put(self, writer: PackWriter) -> tuple[bytes, int, list[PackEntry]]:
-        pack_id, data, entries = writer.finalize()
-        self.repo.backend.put(pack_key(pack_id), data)
-        return pack_id, len(data), entries
+    def _finalize_and_put(self, writer: PackWriter, cache: bool) -> tuple[bytes, int, list[PackEntry]]:
+        """Hash the pack and put it; a big write's packs (cache=False) are left out of the OS page cache."""
+        pack_id, pieces, entries = writer.pieces()
+        self.repo.backend.put(pack_key(pack_id), pieces, cache=cache)
+        return pack_id, sum(map(len, pieces)), entries
 
 
 def read_pack_trailer(backend: Backend, key: str, sealer: crypto.Sealer = crypto.NULL_SEALER

@@ -141,6 +141,12 @@ def test_missing_object_raises_not_found_naming_the_url(backend):
         backend.get_range("snapshots/ab/missing", 0, 1)
 
 
+def test_put_of_pieces_stores_them_in_order(backend):
+    pieces = [b"head", memoryview(b"xy" * 5000), bytearray(b"middle"), b"", memoryview(b"tail")]
+    backend.put("packs/ab/pieces", pieces)
+    assert backend.get("packs/ab/pieces") == b"".join(pieces)
+
+
 def test_invalid_keys_are_rejected(backend):
     for key in ["", "/abs", "a/../b", "a//b", "dir/"]:
         with pytest.raises(ValueError):
@@ -221,6 +227,41 @@ def test_ensure_prefixes_makes_the_shard_folders(tmp_path):
     assert b.list("") == []                          # empty folders hold no objects
     b.put("packs/ff/ffee", b"x")
     assert b.list("packs/") == ["packs/ff/ffee"]
+
+
+def test_local_put_of_more_pieces_than_one_writev_takes_resumes_short_writes(tmp_path, monkeypatch):
+    b = Backend(str(tmp_path / "repo"))
+    pieces = [os.urandom(1 + i % 300) for i in range(3 * backend_module._IOV_MAX + 5)]
+    calls: list[int] = []
+
+    def short_writev(fd, bufs):   # the kernel may write less than asked: here a third, at most
+        calls.append(len(bufs))
+        data = b"".join(map(bytes, bufs))
+        return os.write(fd, data[:max(1, len(data) // 3)])
+
+    monkeypatch.setattr(backend_module.os, "writev", short_writev)
+    b.put("packs/ab/many", pieces)
+    assert b.get("packs/ab/many") == b"".join(pieces)
+    assert max(calls) <= backend_module._IOV_MAX and len(calls) > 3
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this OS")
+def test_local_put_without_cache_advises_the_kernel_once_the_object_is_durable(tmp_path, monkeypatch):
+    b = Backend(str(tmp_path / "repo"))
+    events: list[tuple] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(backend_module.os, "fsync", lambda fd: (events.append(("fsync",)), real_fsync(fd)))
+    monkeypatch.setattr(backend_module.os, "posix_fadvise",
+                        lambda fd, offset, length, advice: events.append((os.fstat(fd).st_ino, offset, length, advice)))
+    b.put("packs/ab/big", b"x" * 100_000, cache=False)
+    dropped = events[-1]
+    assert dropped == (os.stat(tmp_path / "repo" / "packs" / "ab" / "big").st_ino, 0, 0, os.POSIX_FADV_DONTNEED)
+    assert events.index(dropped) > events.index(("fsync",))   # after the data is on disk
+    events.clear()
+    b.put("packs/ab/small", b"y")
+    b.put("gc/condemned/ab", b"", durable=False, cache=False)   # dirty pages would not drop: no advice
+    assert all(e == ("fsync",) for e in events)
+    assert b.get("packs/ab/big") == b"x" * 100_000 and b.get("packs/ab/small") == b"y"
 
 
 def test_concurrent_reader_sees_whole_objects(tmp_path):

@@ -75,3 +75,88 @@ def test_shuffled_blocks_take_their_own_level_and_every_level_restores(tmp_path,
         assert deep_equal(store.restore(store.list()[0].id), state)
     with pytest.raises(casstore.ConfigurationError):
         casstore.open(str(tmp_path / "repo1"), shuffle_level=0)
+
+
+def test_a_pack_in_pieces_is_named_by_the_hash_of_its_bytes_and_reads_back():
+    import blake3
+
+    from casstore.pack import PackWriter, read_entries
+    writer = PackWriter()
+    chunks = [(bytes([i]) * 32, memoryview(bytes([i]) * (100 + i))) for i in range(5)]
+    for h, data in chunks:
+        writer.add(h, 0, 0, 0, data, len(data))
+    pack_id, pieces, entries = writer.pieces()
+    data = b"".join(pieces)
+    assert pack_id == blake3.blake3(data).digest()
+    assert read_entries(data) == entries and [e.hash for e in entries] == [h for h, _ in chunks]
+    assert [data[e.offset:e.offset + e.stored_len] for e in entries] == [bytes(d) for _, d in chunks]
+
+
+def test_a_big_write_leaves_its_packs_out_of_the_page_cache_and_a_small_one_keeps_its_pack(tmp_path, small_batches,
+                                                                                          monkeypatch):
+    from casstore.backend import Backend
+    advised: dict[str, bool] = {}
+    real = Backend.put
+    monkeypatch.setattr(Backend, "put", lambda self, key, data, **kw: (
+        advised.__setitem__(key, kw.get("cache", True)) if key.startswith("packs/") else None,
+        real(self, key, data, **kw))[1])
+    real_pair = Backend.put_pair
+    monkeypatch.setattr(Backend, "put_pair", lambda self, first, then: (   # with its manifest, never advised
+        advised.__setitem__(first[0], True), real_pair(self, first, then))[1])
+    with casstore.open(str(tmp_path / "repo")) as store:
+        big = store.snapshot(big_state(4), "big")
+        assert len(advised) >= 3 and not any(advised.values())   # every pack of the big write
+        advised.clear()
+        small = store.snapshot({"note": "hello"}, "small")
+        assert list(advised.values()) == [True]                  # the only pack of a small one
+        assert deep_equal(store.restore(big.id), big_state(4)) and store.restore(small.id) == {"note": "hello"}
+
+
+def test_big_ascii_strings_are_chunked_from_their_own_buffer(tmp_path):
+    import gc
+
+    from casstore.utf8view import VIEW_MIN, utf8
+    text = "".join(chr(97 + i % 26) for i in range(VIEW_MIN + 7))
+    view = utf8(text)
+    assert view.readonly and view.format == "B" and bytes(view) == text.encode()
+    assert not isinstance(view.obj, bytes)                       # no copy was made
+    del text
+    gc.collect()
+    assert bytes(view[:3]) == b"abc"                             # the view keeps its str alive
+    for copied in ("é" * VIEW_MIN, "a" * (VIEW_MIN - 1)):        # not ASCII, or small: encoded
+        assert isinstance(utf8(copied).obj, bytes) and bytes(utf8(copied)) == copied.encode()
+    state = {"ascii": "agent " * VIEW_MIN, "accents": "été " * VIEW_MIN, "list": ["x" * (2 * VIEW_MIN), "y"]}
+    with casstore.open(str(tmp_path / "repo")) as store:
+        info = store.snapshot(state)
+        store.drop_caches()
+        assert store.restore(info.id) == state
+        assert store.verify(deep=True).ok
+
+
+def test_a_big_write_pauses_the_cyclic_gc_while_it_cuts_and_switches_it_back_on(tmp_path, small_batches, monkeypatch):
+    import gc
+
+    from casstore import gcpause
+    from casstore.chunker import Chunker
+    monkeypatch.setattr(gcpause, "PAUSE_MIN", 1 << 20)
+    seen: list[bool] = []
+    real = Chunker.cut_blob
+    monkeypatch.setattr(Chunker, "cut_blob", lambda self, *a: (seen.append(gc.isenabled()), real(self, *a))[1])
+    with casstore.open(str(tmp_path / "repo")) as store:
+        assert gc.isenabled()
+        store.snapshot(big_state(5), "big")                       # ~7 MB of streams: paused
+        assert seen and not any(seen) and gc.isenabled()
+        seen.clear()
+        store.snapshot({"blob": b"x" * 200_000}, "small")         # below PAUSE_MIN: untouched
+        assert seen == [True]
+        monkeypatch.setattr(Chunker, "cut_blob", lambda self, *a: (_ for _ in ()).throw(RuntimeError("cut failed")))
+        with pytest.raises(RuntimeError):
+            store.snapshot(big_state(6), "failing")
+        assert gc.isenabled()                                     # back on after a failure too
+        gc.disable()
+        try:
+            monkeypatch.setattr(Chunker, "cut_blob", real)
+            store.snapshot(big_state(7), "app-disabled")
+            assert not gc.isenabled()                             # the application's choice stands
+        finally:
+            gc.enable()
