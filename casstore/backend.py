@@ -317,14 +317,13 @@ class Backend:
         """
         path = self._path(key)
         if self.is_local:
-            self._run("put", key, "put", lambda: _local_put(path, data, durable))
-            if durable and not cache:
-                _drop_cached(path)
+            self._run("put", key, "put", lambda: _local_put(path, data, durable, cache))
         else:
             payload = b"".join(data) if isinstance(data, list) else data if isinstance(data, bytes) else bytes(data)
             self._run("put", key, "put", lambda: self.fs.pipe_file(path, payload))
 
-    def put_pair(self, first: tuple[str, bytes | memoryview], then: tuple[str, bytes | memoryview]) -> None:
+    def put_pair(self, first: tuple[str, bytes | memoryview | list[bytes | memoryview]],
+                 then: tuple[str, bytes | memoryview]) -> None:
         """Store two objects durably so that `then` never survives a crash without `first`
         (a pack, then the manifest that needs it).
 
@@ -347,7 +346,7 @@ class Backend:
             _discard_staged(staged)
             raise
         tmp = staged.result()
-        self._run("put", then_key, None, lambda: _rename_durably(tmp, then_path))
+        self._run("put", then_key, None, lambda: _rename(tmp, then_path, durable=True))
 
     def ensure_prefixes(self, prefixes: list[str]) -> None:
         """Create the folders that keys under these prefixes go to (local folders; a no-op remotely).
@@ -670,9 +669,9 @@ def _ensure_parent(path: str) -> str:
 
 
 def _write_temp(path: str, data: bytes | bytearray | memoryview | list[bytes | memoryview],
-                durable: bool = True) -> str:
+                durable: bool = True, cache: bool = True) -> str:
     """Write `data` (bytes, or pieces in order) to a fresh (fsynced when durable) temp file next to
-    `path`; return its name."""
+    `path`; return its name. cache=False drops a durable file's pages from the page cache (_drop_cached)."""
     parent = _ensure_parent(path)
     tmp = os.path.join(parent, f".{os.path.basename(path)}{TEMP_MARKER}{uuid.uuid4().hex}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
@@ -680,6 +679,8 @@ def _write_temp(path: str, data: bytes | bytearray | memoryview | list[bytes | m
         _write_all(fd, data if isinstance(data, list) else [data])
         if durable:
             os.fsync(fd)
+            if not cache:
+                _drop_cached(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(tmp)
@@ -719,26 +720,20 @@ _IOV_MAX = _iov_max()
 
 
 def _local_put(path: str, data: bytes | bytearray | memoryview | list[bytes | memoryview],
-               durable: bool = True) -> None:
-    tmp = _write_temp(path, data, durable)
+               durable: bool = True, cache: bool = True) -> None:
+    _rename(_write_temp(path, data, durable, cache), path, durable)
+
+
+def _rename(tmp: str, path: str, durable: bool) -> None:
+    """Give a complete temp file its final name (the temp file goes if that fails); durable: and
+    make the rename durable."""
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     if durable:
-        _rename_durably(tmp, path)
-        return
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _rename_durably(tmp: str, path: str) -> None:
-    """Give a complete, fsynced temp file its final name and make the rename durable."""
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path))
+        _fsync_dir(os.path.dirname(path))
 
 
 def _discard_staged(staged: Any) -> None:
@@ -749,23 +744,17 @@ def _discard_staged(staged: Any) -> None:
         pass
 
 
-def _drop_cached(path: str) -> None:
-    """Tell the kernel a file just made durable will not be read soon (POSIX_FADV_DONTNEED), as borg
+def _drop_cached(fd: int) -> None:
+    """Tell the kernel a file just fsynced will not be read soon (POSIX_FADV_DONTNEED), as borg
     does for its segment files: its clean pages go back to the free memory the next writes take,
     instead of filling the page cache. Advice only: where it is missing or refused, nothing happens."""
     advise = getattr(os, "posix_fadvise", None)
     if advise is None:
         return
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
         advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def _local_create(path: str, data: bytes | bytearray | memoryview) -> bool:

@@ -95,8 +95,8 @@ class PackWriter:
         self.size += n
 
     def finalize(self) -> tuple[bytes, bytes, list[PackEntry]]:
-        data = b"".join([*self._parts, self._tail()])
-        return blake3.blake3(data).digest(), data, self._entries
+        pack_id, pieces, entries = self.pieces()
+        return pack_id, b"".join(pieces), entries
 
     def pieces(self) -> tuple[bytes, list[bytes | memoryview], list[PackEntry]]:
         """(pack id, the pack's bytes as pieces in order, entries)."""

@@ -992,7 +992,7 @@ class _NewChunks:
         self.puts: list[Future] = []
         self.finishing = False
         self.defer_only = False
-        self.deferred: tuple[str, bytes] | None = None   # (key, bytes) of the only pack, left to the caller
+        self.deferred: tuple[str, list[bytes | memoryview]] | None = None   # the only pack (key, pieces), left to the caller
         self.packer = _Packer(repo, self._put)
 
     def add(self, hashes: list[bytes], chunks: dict[bytes, tuple[memoryview, int]], kind: int) -> None:
@@ -1030,9 +1030,9 @@ class _NewChunks:
         if self.finishing and not self.puts:  # the only pack (a small snapshot): no hand-off to the pool
             done: Future = Future()
             if self.defer_only:
-                pack_id, data, entries = writer.finalize()
-                self.deferred = (pack_key(pack_id), data)
-                done.set_result((pack_id, len(data), entries))
+                pack_id, pieces, entries = writer.pieces()
+                self.deferred = (pack_key(pack_id), pieces)
+                done.set_result((pack_id, sum(map(len, pieces)), entries))
             else:
                 done.set_result(self._finalize_and_put(writer, True))
             self.puts.append(done)

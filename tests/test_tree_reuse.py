@@ -61,10 +61,10 @@ def test_failed_write_is_not_reused(tmp_path, monkeypatch):
         store.snapshot({"m": msgs}, agent_id="a")
         real = backend_mod._write_temp
 
-        def failing(path, data, durable=True):
+        def failing(path, data, *args):
             if f"{os.sep}packs{os.sep}" in path:
                 raise OSError("disk full")
-            return real(path, data, durable)
+            return real(path, data, *args)
 
         monkeypatch.setattr(backend_mod, "_write_temp", failing)
         grown = msgs + [f"new {i} " + "y" * 1500 for i in range(10)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -94,21 +95,21 @@ def test_a_pack_in_pieces_is_named_by_the_hash_of_its_bytes_and_reads_back():
 
 def test_a_big_write_leaves_its_packs_out_of_the_page_cache_and_a_small_one_keeps_its_pack(tmp_path, small_batches,
                                                                                           monkeypatch):
-    from casstore.backend import Backend
-    advised: dict[str, bool] = {}
-    real = Backend.put
-    monkeypatch.setattr(Backend, "put", lambda self, key, data, **kw: (
-        advised.__setitem__(key, kw.get("cache", True)) if key.startswith("packs/") else None,
-        real(self, key, data, **kw))[1])
-    real_pair = Backend.put_pair
-    monkeypatch.setattr(Backend, "put_pair", lambda self, first, then: (   # with its manifest, never advised
-        advised.__setitem__(first[0], True), real_pair(self, first, then))[1])
-    with casstore.open(str(tmp_path / "repo")) as store:
+    from casstore import backend as backend_module
+    advised: set[int] = set()   # inodes of the files the kernel was told to drop
+    monkeypatch.setattr(backend_module.os, "posix_fadvise", lambda fd, offset, length, advice: advised.add(
+        os.fstat(fd).st_ino) if advice == os.POSIX_FADV_DONTNEED else None)
+    repo = tmp_path / "repo"
+
+    def pack_inodes():
+        return {p.stat().st_ino for p in (repo / "packs").rglob("*") if p.is_file()}
+
+    with casstore.open(str(repo)) as store:
         big = store.snapshot(big_state(4), "big")
-        assert len(advised) >= 3 and not any(advised.values())   # every pack of the big write
-        advised.clear()
+        big_packs = pack_inodes()
+        assert len(big_packs) >= 3 and advised == big_packs               # every pack of the big write
         small = store.snapshot({"note": "hello"}, "small")
-        assert list(advised.values()) == [True]                  # the only pack of a small one
+        assert len(pack_inodes() - big_packs) == 1 and advised == big_packs  # the only pack of a small one: kept
         assert deep_equal(store.restore(big.id), big_state(4)) and store.restore(small.id) == {"note": "hello"}
 
 
