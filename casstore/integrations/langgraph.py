@@ -117,6 +117,7 @@ REF_WINDOW = 64  # a write value is looked for among this many last items of its
 KIND_CHECKPOINT = "checkpoint"
 KIND_WRITES = "writes"
 MAX_CACHED_THREADS = 256
+MAX_CACHED_ROWS = 4096     # checkpoints whose pending write rows are kept (see _pending_rows)
 DEFAULT_CACHE_BYTES = 64 << 20
 DEFAULT_LINGER = 0.05  # seconds put_writes waits for the next checkpoint to carry its rows
 
@@ -315,6 +316,8 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         # (thread, ns, channel) -> the list as last stored or loaded (see _encode_items)
         self._seen: OrderedDict[tuple[str, str, str], _Seen] = OrderedDict()
         self._states = _StateCache(state_cache_bytes)
+        # (thread, ns, checkpoint id) -> (snapshots carrying its writes, its pending write rows)
+        self._rows: OrderedDict[tuple[str, str, str], tuple[tuple[str, ...], list]] = OrderedDict()
         self._io = threading.Lock()  # one snapshot write at a time; taken before _lock, never inside it
         self._queue: list[_Queued] = []  # pending writes not yet in a snapshot
         self._putting: dict[tuple[str, str], int] = {}  # (thread, ns) -> puts in progress
@@ -455,30 +458,46 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                  "checkpoint": _item(self.serde.dumps_typed(checkpoint))}
         return state, cost + len(state["checkpoint"])
 
-    def _decode_checkpoint(self, state: dict, remember: tuple[str, str] | None = None) -> Checkpoint:
-        """The checkpoint in state; with remember=(thread, ns), its lists seed the next put's reuse."""
-        loads = self.serde.loads_typed
-        checkpoint = loads(_typed(state["checkpoint"]))
+    def _decode_checkpoint(self, state: dict, remember: tuple[str, str] | None = None,
+                           writes: Sequence[bytes | list] = ()) -> tuple[Checkpoint, list]:
+        """(the checkpoint in state, the written values given as stored items), deserialized in one
+        call; with remember=(thread, ns), the checkpoint's lists seed the next put's reuse."""
+        lists, values_items = state["lists"], state["values"]
+        groups = [[state["checkpoint"]], *lists.values(), list(values_items.values()),
+                  *(w if isinstance(w, list) else [w] for w in writes)]
+        loaded = iter(self._load_groups(groups))
+        checkpoint = next(loaded)[0]
         values: dict[str, Any] = {}
-        for name, items in state["lists"].items():
-            values[name] = objs = self._load_list(items)
+        for (name, items), objs in zip(lists.items(), loaded):
+            values[name] = objs
             if remember is not None:
                 looks = _looks(objs)
                 self._remember_seen((*remember, name), _Seen(list(objs), looks, list(items)) if looks is not None else
                                     _Seen(others={id(o): (o, _fingerprint(o), i) for o, i in zip(objs, items)
                                                   if isinstance(o, _IMMUTABLE) or hasattr(o, "content")}))
-        for name, item in state["values"].items():
-            values[name] = loads(_typed(item))
+        values.update(zip(values_items, next(loaded)))
         checkpoint["channel_values"] = values
-        return checkpoint
+        return checkpoint, [objs if isinstance(w, list) else objs[0] for w, objs in zip(writes, loaded)]
 
-    def _load_list(self, items: list[bytes]) -> list:
-        """Deserialize list elements; msgpack ones in one call, as one array (several times faster)."""
-        if items and all(i.startswith(_MSGPACK_ITEM) for i in items):
+    def _load_groups(self, groups: list[list[bytes]]) -> list[list]:
+        """Deserialize groups of items, the msgpack ones in one call, as one array (several
+        times faster than one call per item)."""
+        flat = [i for g in groups for i in g]
+        packed = [i for i in flat if i.startswith(_MSGPACK_ITEM)]
+        objs: list = []
+        if packed:
             skip = len(_MSGPACK_ITEM)
-            data = b"".join([_array_header(len(items)), *(memoryview(i)[skip:] for i in items)])
-            return self.serde.loads_typed(("msgpack", data))
-        return [self.serde.loads_typed(_typed(i)) for i in items]
+            objs = self.serde.loads_typed(
+                ("msgpack", b"".join([_array_header(len(packed)), *(memoryview(i)[skip:] for i in packed)])))
+        if len(packed) < len(flat):  # others (e.g. a None written to a branch channel) one by one
+            unpacked = iter(objs)
+            objs = [next(unpacked) if i.startswith(_MSGPACK_ITEM) else self.serde.loads_typed(_typed(i))
+                    for i in flat]
+        out, at = [], 0
+        for g in groups:
+            out.append(objs[at:at + len(g)])
+            at += len(g)
+        return out
 
     def _metadata(self, ck: _Ckpt) -> dict:
         if ck._md is None:
@@ -528,23 +547,30 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         state = self._state(ck.snap_id)
         if state is None:
             return None
-        checkpoint = self._decode_checkpoint(state, (tid, ns) if latest else None)
+        rows = self._pending_rows(tid, ns, ck.checkpoint_id)
+        checkpoint, written = self._decode_checkpoint(state, (tid, ns) if latest else None, [r[2] for r in rows])
         return CheckpointTuple(
             config={"configurable": {"thread_id": tid, "checkpoint_ns": ns, "checkpoint_id": ck.checkpoint_id}},
             checkpoint=checkpoint,
             metadata=self._metadata(ck),
             parent_config=({"configurable": {"thread_id": tid, "checkpoint_ns": ns,
                                              "checkpoint_id": ck.parent_id}} if ck.parent_id else None),
-            pending_writes=self._pending_writes(tid, ns, ck.checkpoint_id),
+            pending_writes=[(task_id, channel, value) for (task_id, channel, _), value in zip(rows, written)],
         )
 
-    def _pending_writes(self, tid: str, ns: str, cid: str) -> list[tuple[str, str, Any]]:
+    def _pending_rows(self, tid: str, ns: str, cid: str) -> list[tuple[str, str, bytes | list]]:
+        """(task id, channel, stored item or items) of the checkpoint's pending writes, in LangGraph's order."""
         with self._lock:
-            snap_ids = list(dict.fromkeys(w.snap_id for w in self._thread(tid).writes.get((ns, cid), ())))
+            snap_ids = tuple(dict.fromkeys(w.snap_id for w in self._thread(tid).writes.get((ns, cid), ())))
+            known = self._rows.get((tid, ns, cid))
+        if known is not None and known[0] == snap_ids:
+            return known[1]
         merged: dict[tuple[str, int], tuple[str, str, bytes, str]] = {}
+        complete = True
         for snap_id in snap_ids:
             state = self._state(snap_id)
             if state is None:
+                complete = False
                 continue
             for row_cid, task_id, channel, idx, task_path, item in _write_rows(state):
                 if row_cid is not None and row_cid != cid:  # a snapshot may carry several checkpoints' writes
@@ -554,12 +580,14 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                     continue
                 merged[key] = (task_id, channel, item, task_path)
         ordered = sorted(merged.items(), key=lambda kv: writes_sort_key(kv[1][3], *kv[0]))
-        return [(task_id, channel, self._load_item(item)) for _, (task_id, channel, item, _path) in ordered]
-
-    def _load_item(self, item: bytes | list) -> Any:
-        if isinstance(item, list):
-            return self._load_list(item)
-        return self.serde.loads_typed(_typed(item))
+        rows = [(task_id, channel, item) for _, (task_id, channel, item, _path) in ordered]
+        if complete:  # a snapshot's rows never change: valid while the same snapshots carry the writes
+            with self._lock:
+                self._rows[(tid, ns, cid)] = (snap_ids, rows)
+                self._rows.move_to_end((tid, ns, cid))
+                while len(self._rows) > MAX_CACHED_ROWS:
+                    self._rows.popitem(last=False)
+        return rows
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         found = self._find(config)
