@@ -384,3 +384,30 @@ def test_written_messages_are_stored_as_references_into_the_next_checkpoint(tmp_
     with CasstoreSaver.from_url(repo) as fresh:
         writes = fresh.get_tuple(cfg1).pending_writes
         assert writes == [("task-1", "messages", [reply]), ("task-1", "empty", []), ("task-1", "flag", 3)]
+
+
+def test_pending_writes_seen_after_a_read_follow_later_writes(tmp_path):
+    """A checkpoint read once, then written to again (a resumed task, another task) and then
+    deleted: each read shows exactly the writes stored at that moment, in LangGraph's order."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    with CasstoreSaver.from_url(str(tmp_path / "repo"), writes_linger=0) as saver:
+        cfg = saver.put({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}, empty_checkpoint(),
+                        {"source": "input", "step": -1}, {})
+        saver.put_writes(cfg, [("messages", [AIMessage("first", id="a1")]), ("branch:agent", None)], "task-b")
+        first = saver.get_tuple(cfg).pending_writes
+        assert [(t, c) for t, c, _ in first] == [("task-b", "messages"), ("task-b", "branch:agent")]
+        assert first[0][2][0].content == "first" and first[1][2] is None
+
+        saver.put_writes(cfg, [("messages", [HumanMessage("second", id="h2")])], "task-a")
+        second = saver.get_tuple(cfg).pending_writes
+        assert [(t, c) for t, c, _ in second] == [("task-a", "messages"), ("task-b", "messages"),
+                                                  ("task-b", "branch:agent")]
+        assert second[0][2][0].content == "second"
+        assert saver.get_tuple(cfg).pending_writes == second   # read twice: the same rows
+
+        saver.delete_thread("t")
+        assert saver.get_tuple(cfg) is None
+        saver.put(cfg, empty_checkpoint() | {"id": cfg["configurable"]["checkpoint_id"]},
+                  {"source": "input", "step": -1}, {})
+        assert saver.get_tuple(cfg).pending_writes == []
