@@ -79,7 +79,7 @@ import asyncio
 import operator
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,7 +117,6 @@ REF_WINDOW = 64  # a write value is looked for among this many last items of its
 KIND_CHECKPOINT = "checkpoint"
 KIND_WRITES = "writes"
 MAX_CACHED_THREADS = 256
-MAX_CACHED_ROWS = 4096     # checkpoints whose pending write rows are kept (see _pending_rows)
 DEFAULT_CACHE_BYTES = 64 << 20
 DEFAULT_LINGER = 0.05  # seconds put_writes waits for the next checkpoint to carry its rows
 
@@ -193,22 +192,23 @@ class _StateCache:
     same one out twice is safe: every read deserializes fresh objects from
     it. Items a put reuses from the previous put are the very same bytes
     objects, so a state written through the cache is charged only for the
-    items that were new to it (plus a pointer per item).
+    items that were new to it (plus a pointer per item). A checkpoint's merged
+    pending-write rows share the bound, under ("rows", thread, ns, checkpoint id).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._states: OrderedDict[str, tuple[dict, int]] = OrderedDict()
+        self._states: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
 
-    def get(self, snap_id: str) -> dict | None:
+    def get(self, snap_id: Hashable) -> Any:
         hit = self._states.get(snap_id)
         if hit is None:
             return None
         self._states.move_to_end(snap_id)
         return hit[0]
 
-    def put(self, snap_id: str, state: dict, cost: int) -> None:
+    def put(self, snap_id: Hashable, state: Any, cost: int) -> None:
         self.discard(snap_id)
         if cost > self.limit:
             return
@@ -218,7 +218,7 @@ class _StateCache:
             _, (_, freed) = self._states.popitem(last=False)
             self.used -= freed
 
-    def discard(self, snap_id: str) -> None:
+    def discard(self, snap_id: Hashable) -> None:
         old = self._states.pop(snap_id, None)
         if old is not None:
             self.used -= old[1]
@@ -316,8 +316,6 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         # (thread, ns, channel) -> the list as last stored or loaded (see _encode_items)
         self._seen: OrderedDict[tuple[str, str, str], _Seen] = OrderedDict()
         self._states = _StateCache(state_cache_bytes)
-        # (thread, ns, checkpoint id) -> (snapshots carrying its writes, its pending write rows)
-        self._rows: OrderedDict[tuple[str, str, str], tuple[tuple[str, ...], list]] = OrderedDict()
         self._io = threading.Lock()  # one snapshot write at a time; taken before _lock, never inside it
         self._queue: list[_Queued] = []  # pending writes not yet in a snapshot
         self._putting: dict[tuple[str, str], int] = {}  # (thread, ns) -> puts in progress
@@ -562,7 +560,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         """(task id, channel, stored item or items) of the checkpoint's pending writes, in LangGraph's order."""
         with self._lock:
             snap_ids = tuple(dict.fromkeys(w.snap_id for w in self._thread(tid).writes.get((ns, cid), ())))
-            known = self._rows.get((tid, ns, cid))
+            known = self._states.get(("rows", tid, ns, cid))
         if known is not None and known[0] == snap_ids:
             return known[1]
         merged: dict[tuple[str, int], tuple[str, str, bytes, str]] = {}
@@ -583,10 +581,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         rows = [(task_id, channel, item) for _, (task_id, channel, item, _path) in ordered]
         if complete:  # a snapshot's rows never change: valid while the same snapshots carry the writes
             with self._lock:
-                self._rows[(tid, ns, cid)] = (snap_ids, rows)
-                self._rows.move_to_end((tid, ns, cid))
-                while len(self._rows) > MAX_CACHED_ROWS:
-                    self._rows.popitem(last=False)
+                self._states.put(("rows", tid, ns, cid), (snap_ids, rows), _state_bytes([r[2] for r in rows]))
         return rows
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
