@@ -411,3 +411,75 @@ def test_pending_writes_seen_after_a_read_follow_later_writes(tmp_path):
         saver.put(cfg, empty_checkpoint() | {"id": cfg["configurable"]["checkpoint_id"]},
                   {"source": "input", "step": -1}, {})
         assert saver.get_tuple(cfg).pending_writes == []
+
+
+
+def _run_beside(loops, main):
+    """Run each of loops over and over on a thread of its own while main() runs here, with thread
+    switches as frequent as Python allows (to hit a race if there is one); return what they raised."""
+    import sys
+    import threading
+
+    errors, stop = [], threading.Event()
+
+    def run(fn):
+        try:
+            while not stop.is_set():
+                fn()
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            errors.append(repr(exc))
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    threads = [threading.Thread(target=run, args=(fn,)) for fn in loops]
+    try:
+        for t in threads:
+            t.start()
+        main()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        sys.setswitchinterval(old_interval)
+    return errors
+
+
+def test_reads_on_other_threads_while_puts_evict(tmp_path):
+    """get_tuple and list on reader threads while a graph runs on another, with a state cache so
+    small that every put evicts: no read fails, and every read equals one from a cold saver."""
+    repo = str(tmp_path / "repo")
+    seen = {}
+    with CasstoreSaver.from_url(repo, state_cache_bytes=20_000) as saver:
+        graph = _graph(saver)
+        config = {"configurable": {"thread_id": "t"}}
+        graph.invoke({"messages": [_human(0)]}, config)
+
+        def read():
+            for tup in saver.list(config, limit=6):
+                seen[tup.checkpoint["id"]] = [m.content for m in tup.checkpoint["channel_values"].get("messages", [])]
+                saver.get_tuple(tup.config)
+
+        def run_graph():
+            for t in range(1, 25):
+                graph.invoke({"messages": [_human(t)]}, config)
+
+        assert _run_beside([read] * 3, run_graph) == []
+    assert len(seen) > 10
+    with CasstoreSaver.from_url(repo) as cold:
+        for cid, contents in seen.items():
+            tup = cold.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": cid}})
+            assert [m.content for m in tup.checkpoint["channel_values"].get("messages", [])] == contents
+
+
+def test_state_cache_stays_consistent_under_threads():
+    """The saver's state cache itself, hammered by putting and reading threads: no read fails
+    and its byte count stays the sum of what it holds (without its lock this fails in well
+    under a second: a read's entry is evicted between lookup and reordering)."""
+    from casstore.integrations.langgraph import _StateCache
+
+    cache = _StateCache(limit=1000)
+    counter = iter(range(10**9))
+    loops = [lambda: cache.put(next(counter) % 50, {"n": 1}, 100), lambda: cache.put(next(counter) % 50, {}, 100),
+             lambda: [cache.get(k) for k in range(50)], lambda: [cache.get(k) for k in range(50)]]
+    assert _run_beside(loops, lambda: time.sleep(1.0)) == []
+    assert cache.used == sum(cost for _, cost in cache._states.values()) <= 1000

@@ -194,38 +194,48 @@ class _StateCache:
     objects, so a state written through the cache is charged only for the
     items that were new to it (plus a pointer per item). A checkpoint's merged
     pending-write rows share the bound, under ("rows", thread, ns, checkpoint id).
+    Thread-safe on its own lock: reads run on LangGraph's threads while a put
+    on another thread evicts.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self._states: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, snap_id: Hashable) -> Any:
-        hit = self._states.get(snap_id)
-        if hit is None:
-            return None
-        self._states.move_to_end(snap_id)
-        return hit[0]
+        with self._lock:
+            hit = self._states.get(snap_id)
+            if hit is None:
+                return None
+            self._states.move_to_end(snap_id)
+            return hit[0]
 
     def put(self, snap_id: Hashable, state: Any, cost: int) -> None:
-        self.discard(snap_id)
-        if cost > self.limit:
-            return
-        self._states[snap_id] = (state, cost)
-        self.used += cost
-        while self.used > self.limit:
-            _, (_, freed) = self._states.popitem(last=False)
-            self.used -= freed
+        with self._lock:
+            self._discard(snap_id)
+            if cost > self.limit:
+                return
+            self._states[snap_id] = (state, cost)
+            self.used += cost
+            while self.used > self.limit:
+                _, (_, freed) = self._states.popitem(last=False)
+                self.used -= freed
 
     def discard(self, snap_id: Hashable) -> None:
+        with self._lock:
+            self._discard(snap_id)
+
+    def _discard(self, snap_id: Hashable) -> None:
         old = self._states.pop(snap_id, None)
         if old is not None:
             self.used -= old[1]
 
     def clear(self) -> None:
-        self._states.clear()
-        self.used = 0
+        with self._lock:
+            self._states.clear()
+            self.used = 0
 
 
 def _state_bytes(state: Any) -> int:
