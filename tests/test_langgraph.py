@@ -458,6 +458,7 @@ def test_reads_on_other_threads_while_puts_evict(tmp_path):
             for tup in saver.list(config, limit=6):
                 seen[tup.checkpoint["id"]] = [m.content for m in tup.checkpoint["channel_values"].get("messages", [])]
                 saver.get_tuple(tup.config)
+            saver.get_tuple(config)   # the latest: seeds the next put's reuse, beside the puts
 
         def run_graph():
             for t in range(1, 25):

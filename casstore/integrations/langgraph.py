@@ -447,10 +447,11 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         return out, fresh
 
     def _remember_seen(self, key: tuple[str, str, str], seen: _Seen) -> None:
-        self._seen[key] = seen
-        self._seen.move_to_end(key)
-        while len(self._seen) > MAX_CACHED_THREADS * 4:
-            self._seen.popitem(last=False)
+        with self._lock:  # reads (get_tuple) remember too, beside puts on other threads
+            self._seen[key] = seen
+            self._seen.move_to_end(key)
+            while len(self._seen) > MAX_CACHED_THREADS * 4:
+                self._seen.popitem(last=False)
 
     def _encode_checkpoint(self, thread_id: str, ns: str, checkpoint: dict, values: dict) -> tuple[dict, int]:
         lists, others = {}, {}
@@ -528,16 +529,17 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         conf = config["configurable"]
         tid, ns = str(conf["thread_id"]), conf.get("checkpoint_ns", "")
         cid = get_checkpoint_id(config)
-        th = self._thread(tid)
-        if cid:
-            ck = th.ckpts.get(ns, {}).get(cid)
-            if ck is None:  # maybe written by another saver since we listed
-                ck = self._thread(tid, reload=True).ckpts.get(ns, {}).get(cid)
-        else:
-            ns_ckpts = th.ckpts.get(ns)
-            if not ns_ckpts:
-                ns_ckpts = self._thread(tid, reload=True).ckpts.get(ns)
-            ck = ns_ckpts[max(ns_ckpts)] if ns_ckpts else None
+        with self._lock:  # a put on another thread adds to the thread's checkpoints meanwhile
+            th = self._thread(tid)
+            if cid:
+                ck = th.ckpts.get(ns, {}).get(cid)
+                if ck is None:  # maybe written by another saver since we listed
+                    ck = self._thread(tid, reload=True).ckpts.get(ns, {}).get(cid)
+            else:
+                ns_ckpts = th.ckpts.get(ns)
+                if not ns_ckpts:
+                    ns_ckpts = self._thread(tid, reload=True).ckpts.get(ns)
+                ck = ns_ckpts[max(ns_ckpts)] if ns_ckpts else None
         return None if ck is None else (tid, ns, ck)
 
     def _state(self, snap_id: str) -> dict | None:
