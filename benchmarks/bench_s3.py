@@ -24,6 +24,7 @@ from typing import Any, Callable
 from .baselines import ResticBaseline, Snap, ToolUnavailable, _CliBaseline, _run
 from .casstore_tool import CasstoreTool
 from .harness import Context, format_table, median, p95, ratio, states_equal, target_row, timed
+from .tools import cli_wanted
 from .workloads import big_state, chat_states, logical_size, vector_states
 
 LATENCY = 0.020  # seconds added to every request by the proxy
@@ -158,6 +159,8 @@ def _workload(ctx: Context, env: _S3Env, bench: str, states, n_steps: int,
     """Snapshot every state on every lane (counting requests on S3 lanes), then restore samples."""
     lanes: dict[str, dict[str, Any]] = {}
     for name, factory in LANES.items():
+        if name == "restic-s3" and not cli_wanted(ctx):   # --quick skips the CLI baselines, as elsewhere
+            continue
         lane = {"tool": None, "status": "ok", "ids": [], "raw": [], "times": [], "req": [], "restore": []}
         try:
             lane["tool"] = factory(env, ctx.tool_dir(bench, name))
