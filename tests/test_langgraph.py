@@ -484,3 +484,31 @@ def test_state_cache_stays_consistent_under_threads():
              lambda: [cache.get(k) for k in range(50)], lambda: [cache.get(k) for k in range(50)]]
     assert _run_beside(loops, lambda: time.sleep(1.0)) == []
     assert cache.used == sum(cost for _, cost in cache._states.values()) <= 1000
+
+
+def test_alist_streams_a_long_history(tmp_path):
+    """alist hands out the first checkpoint after deserializing a batch, not the whole history,
+    and yields exactly what list does, in the same order."""
+    from casstore.integrations.langgraph import ALIST_BATCH
+
+    async def main():
+        async with CasstoreSaver.from_url(str(tmp_path / "repo")) as saver:
+            graph = _graph(saver)
+            config = {"configurable": {"thread_id": "long"}}
+            for t in range(8):
+                await graph.ainvoke({"messages": [_human(t)]}, config)
+            decoded = []
+            real = saver._tuple
+            saver._tuple = lambda *a, **k: decoded.append(a[2].checkpoint_id) or real(*a, **k)
+            history = saver.alist(config)
+            first = await history.__anext__()
+            assert len(decoded) <= ALIST_BATCH
+            rest = [t async for t in history]
+            saver._tuple = real
+            streamed = [first, *rest]
+            assert len(streamed) > 3 * ALIST_BATCH
+            listed = list(saver.list(config))
+            assert [t.config for t in streamed] == [t.config for t in listed]
+            assert [t.checkpoint for t in streamed] == [t.checkpoint for t in listed]
+
+    asyncio.run(main())

@@ -76,6 +76,7 @@ another process writes the same threads).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import operator
 import threading
 from collections import OrderedDict
@@ -119,6 +120,7 @@ KIND_WRITES = "writes"
 MAX_CACHED_THREADS = 256
 DEFAULT_CACHE_BYTES = 64 << 20
 DEFAULT_LINGER = 0.05  # seconds put_writes waits for the next checkpoint to carry its rows
+ALIST_BATCH = 8        # checkpoints alist deserializes per worker-thread call
 
 
 def agent_id(thread_id: str) -> str:
@@ -827,9 +829,15 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
 
     async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
                     before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
-        items = await asyncio.to_thread(lambda: list(self.list(config, filter=filter, before=before, limit=limit)))
-        for item in items:
-            yield item
+        """list() a few checkpoints at a time on a worker thread: a long history is never
+        deserialized whole before its first checkpoint is handed out."""
+        found = self.list(config, filter=filter, before=before, limit=limit)
+        while True:
+            batch = await asyncio.to_thread(lambda: list(itertools.islice(found, ALIST_BATCH)))
+            for item in batch:
+                yield item
+            if len(batch) < ALIST_BATCH:
+                return
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
