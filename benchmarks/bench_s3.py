@@ -154,13 +154,16 @@ LANES: dict[str, Callable[[_S3Env, Path], Any]] = {
     "casstore-local": _CasstoreLocal, "casstore-s3": _CasstoreS3, "restic-s3": _ResticS3}
 
 
+def _lanes(ctx: Context) -> dict[str, Callable[[_S3Env, Path], Any]]:
+    """The lanes a workload runs: restic only where the CLI baselines are wanted (not with --quick)."""
+    return {name: f for name, f in LANES.items() if name != "restic-s3" or cli_wanted(ctx)}
+
+
 def _workload(ctx: Context, env: _S3Env, bench: str, states, n_steps: int,
               keep: Callable[[Any], Any]) -> list[dict[str, Any]]:
     """Snapshot every state on every lane (counting requests on S3 lanes), then restore samples."""
     lanes: dict[str, dict[str, Any]] = {}
-    for name, factory in LANES.items():
-        if name == "restic-s3" and not cli_wanted(ctx):   # --quick skips the CLI baselines, as elsewhere
-            continue
+    for name, factory in _lanes(ctx).items():
         lane = {"tool": None, "status": "ok", "ids": [], "raw": [], "times": [], "req": [], "restore": []}
         try:
             lane["tool"] = factory(env, ctx.tool_dir(bench, name))

@@ -142,13 +142,19 @@ def test_chat_graph_history_resume_time_travel_fork(tmp_path):
     store.close()
 
 
+async def _async_chat(saver, thread_id, turns):
+    """The chat graph on saver, run asynchronously for turns turns on one thread: (graph, config)."""
+    graph = _graph(saver)
+    config = {"configurable": {"thread_id": thread_id}}
+    for t in range(turns):
+        await graph.ainvoke({"messages": [_human(t)]}, config)
+    return graph, config
+
+
 def test_async_graph_and_copy_thread(tmp_path):
     async def main():
         async with CasstoreSaver.from_url(str(tmp_path / "repo")) as saver:
-            graph = _graph(saver)
-            config = {"configurable": {"thread_id": "a"}}
-            for t in range(6):
-                await graph.ainvoke({"messages": [_human(t)]}, config)
+            graph, config = await _async_chat(saver, "a", 6)
             state = await graph.aget_state(config)
             n = len(state.values["messages"])
             await saver.acopy_thread("a", "b")
@@ -493,10 +499,7 @@ def test_alist_streams_a_long_history(tmp_path):
 
     async def main():
         async with CasstoreSaver.from_url(str(tmp_path / "repo")) as saver:
-            graph = _graph(saver)
-            config = {"configurable": {"thread_id": "long"}}
-            for t in range(8):
-                await graph.ainvoke({"messages": [_human(t)]}, config)
+            graph, config = await _async_chat(saver, "long", 8)
             decoded = []
             real = saver._tuple
             saver._tuple = lambda *a, **k: decoded.append(a[2].checkpoint_id) or real(*a, **k)

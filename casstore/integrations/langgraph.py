@@ -574,7 +574,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         """(task id, channel, stored item or items) of the checkpoint's pending writes, in LangGraph's order."""
         with self._lock:
             snap_ids = tuple(dict.fromkeys(w.snap_id for w in self._thread(tid).writes.get((ns, cid), ())))
-            known = self._states.get(("rows", tid, ns, cid))
+        known = self._states.get(("rows", tid, ns, cid))
         if known is not None and known[0] == snap_ids:
             return known[1]
         merged: dict[tuple[str, int], tuple[str, str, bytes, str]] = {}
@@ -594,8 +594,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         ordered = sorted(merged.items(), key=lambda kv: writes_sort_key(kv[1][3], *kv[0]))
         rows = [(task_id, channel, item) for _, (task_id, channel, item, _path) in ordered]
         if complete:  # a snapshot's rows never change: valid while the same snapshots carry the writes
-            with self._lock:
-                self._states.put(("rows", tid, ns, cid), (snap_ids, rows), _state_bytes([r[2] for r in rows]))
+            self._states.put(("rows", tid, ns, cid), (snap_ids, rows), _state_bytes([r[2] for r in rows]))
         return rows
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
