@@ -649,11 +649,11 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _ensure_parent(path: str) -> str:
+def _ensure_parent(path: str) -> None:
     """Create the parent folders of `path`, fsyncing each new entry's parent."""
     parent = os.path.dirname(path)
     if os.path.isdir(parent):
-        return parent
+        return
     missing = []
     d = parent
     while not os.path.isdir(d):
@@ -665,16 +665,20 @@ def _ensure_parent(path: str) -> str:
         except FileExistsError:
             pass
         _fsync_dir(os.path.dirname(d))
-    return parent
 
 
 def _write_temp(path: str, data: bytes | bytearray | memoryview | list[bytes | memoryview],
                 durable: bool = True, cache: bool = True) -> str:
     """Write `data` (bytes, or pieces in order) to a fresh (fsynced when durable) temp file next to
     `path`; return its name. cache=False drops a durable file's pages from the page cache (_drop_cached)."""
-    parent = _ensure_parent(path)
+    parent = os.path.dirname(path)
     tmp = os.path.join(parent, f".{os.path.basename(path)}{TEMP_MARKER}{uuid.uuid4().hex}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:  # the folder nearly always exists: create it only when the open says it does not
+        fd = os.open(tmp, flags, 0o644)
+    except FileNotFoundError:
+        _ensure_parent(path)
+        fd = os.open(tmp, flags, 0o644)
     try:
         _write_all(fd, data if isinstance(data, list) else [data])
         if durable:

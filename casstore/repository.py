@@ -352,10 +352,10 @@ class Repository:
             chunks.update((h, (memoryview(d), 0)) for h, d in nodes)
             new.add([h for h, _ in nodes], chunks, KIND_NODE)
             packs = new.finish(defer_only=True)
-        head = self.index.head(*lineage)
+        head = self.index.head_position(*lineage)
         fields = {
             "v": manifest.VERSION, "kind": kind, "agent": lineage[0], "session": lineage[1],
-            "parent": head[0] if head else None, "index": head[1]["index"] + 1 if head else 0,
+            "parent": head[0] if head else None, "index": head[1] + 1 if head else 0,
             "time": time.time(), "desc": description, "meta": metadata or {}, "root": root, "height": height,
             "raw": levels[-1].parents[0][1], "struct": len(streams[-1 if structure_last else 0].data),
             "chunks": len(entries),

@@ -354,17 +354,30 @@ class Index:
         return out
 
     def head(self, agent_id: str, session_id: str) -> tuple[bytes, dict] | None:
-        """The latest snapshot of a lineage: the last key under its prefix (highest position)."""
-        prefix = lineage_prefix(agent_id, session_id)
+        """The latest snapshot of a lineage and its summary."""
         with self.env.begin() as txn:
-            cur = txn.cursor(db=self._lineage)
-            after = prefix[:-1] + b"\x01"  # prefix ends in NUL: this sorts right after all its keys
-            found = cur.prev() if cur.set_range(after) else cur.last()
-            if not found or not cur.key().startswith(prefix):
+            found = self._head_key(txn, agent_id, session_id)
+            if found is None:
                 return None
-            sid = bytes(cur.key()[-32:])
-            fields = self._summary(txn, txn.get(sid, db=self._snaps))
-            return None if fields is None else (sid, fields)
+            fields = self._summary(txn, txn.get(found[0], db=self._snaps))
+            return None if fields is None else (found[0], fields)
+
+    def head_position(self, agent_id: str, session_id: str) -> tuple[bytes, int] | None:
+        """(id, position in its lineage) of a lineage's latest snapshot, read from the lineage key
+        alone: what a new snapshot needs to name its parent, without decoding a summary."""
+        with self.env.begin() as txn:
+            return self._head_key(txn, agent_id, session_id)
+
+    def _head_key(self, txn: lmdb.Transaction, agent_id: str, session_id: str) -> tuple[bytes, int] | None:
+        """The last lineage key under the lineage's prefix (highest position), as (id, position)."""
+        prefix = lineage_prefix(agent_id, session_id)
+        cur = txn.cursor(db=self._lineage)
+        after = prefix[:-1] + b"\x01"  # prefix ends in NUL: this sorts right after all its keys
+        found = cur.prev() if cur.set_range(after) else cur.last()
+        key = cur.key()
+        if not found or not key.startswith(prefix):
+            return None
+        return bytes(key[-32:]), _POS.unpack(key[len(prefix):len(prefix) + _POS.size])[0]
 
     def remove_snapshots(self, snap_ids: Iterable[bytes]) -> None:
         with self.env.begin(write=True) as txn:
