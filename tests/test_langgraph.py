@@ -515,3 +515,57 @@ def test_alist_streams_a_long_history(tmp_path):
             assert [t.checkpoint for t in streamed] == [t.checkpoint for t in listed]
 
     asyncio.run(main())
+
+
+def test_messages_read_again_are_fresh_objects_equal_to_a_cold_read(tmp_path):
+    """A checkpoint's messages read a second time come from the saver's pickles of its first
+    read (serde is not called for them), equal a cold saver's read field for field, and are new
+    objects: mutating what one read returned leaves the next read as stored."""
+    repo = str(tmp_path / "repo")
+    config = {"configurable": {"thread_id": "t"}}
+    with CasstoreSaver.from_url(repo) as saver:
+        graph = _graph(saver)
+        for t in range(9):
+            graph.invoke({"messages": [_human(t)]}, config)
+        first = saver.get_tuple(config).checkpoint["channel_values"]["messages"]
+        assert saver._thawed.used > 0
+
+        loaded = []
+        real = saver.serde.loads_typed
+
+        def loads(typed):
+            out = real(typed)
+            loaded.extend(out if isinstance(out, list) else [out])
+            return out
+        saver.serde.loads_typed = loads
+        second = saver.get_tuple(config).checkpoint["channel_values"]["messages"]
+        saver.serde.loads_typed = real
+        assert loaded, "the checkpoint itself is deserialized"
+        assert not [o for o in loaded if hasattr(o, "content")], "messages read before were deserialized again"
+        assert second == first and all(a is not b for a, b in zip(first, second))
+
+        ai = next(m for m in second if m.type == "ai" and m.tool_calls)
+        ai.tool_calls[0]["args"]["q"] = "mutated"
+        ai.additional_kwargs["extra"] = 1
+        third = saver.get_tuple(config).checkpoint["channel_values"]["messages"]
+        assert third == first
+        history = [c.checkpoint for c in saver.list(config)]
+    with CasstoreSaver.from_url(repo) as cold:
+        cold_msgs = cold.get_tuple(config).checkpoint["channel_values"]["messages"]
+        assert [m.model_dump() for m in cold_msgs] == [m.model_dump() for m in third]
+        assert [type(m) for m in cold_msgs] == [type(m) for m in third]
+        assert [c.checkpoint for c in cold.list(config)] == history
+
+
+def test_thawed_pickles_respect_their_bound(tmp_path):
+    """The pickled messages stay within the saver's bound, and reads past it still equal a cold read."""
+    repo = str(tmp_path / "repo")
+    config = {"configurable": {"thread_id": "t"}}
+    with CasstoreSaver.from_url(repo, state_cache_bytes=30_000) as saver:
+        graph = _graph(saver)
+        for t in range(10):
+            graph.invoke({"messages": [_human(t)]}, config)
+        warm = [c.checkpoint for c in saver.list(config)]
+        assert 0 < saver._thawed.used <= 30_000
+    with CasstoreSaver.from_url(repo) as cold:
+        assert [c.checkpoint for c in cold.list(config)] == warm
