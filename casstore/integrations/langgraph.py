@@ -72,10 +72,10 @@ kept as a pickle of serde's result, under a second bound of
 ``state_cache_bytes``: reading it again (the next run's first ``get_tuple``,
 every checkpoint of a listing that holds it) unpickles a new, equal object,
 about twice as fast as serde rebuilds it. Those pickles never leave memory;
-nothing is unpickled from storage. The snapshot-metadata listing of each thread is cached as well
-and kept current by the saver's own writes; a checkpoint id it does not know
-makes it re-read the index, and ``refresh()`` drops the listings (use it if
-another process writes the same threads).
+nothing is unpickled from storage. The snapshot-metadata listing of each
+thread is cached as well and kept current by the saver's own writes; a
+checkpoint id it does not know makes it re-read the index, and ``refresh()``
+drops the listings (use it if another process writes the same threads).
 """
 
 from __future__ import annotations
