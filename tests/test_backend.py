@@ -229,6 +229,25 @@ def test_ensure_prefixes_makes_the_shard_folders(tmp_path):
     assert b.list("packs/") == ["packs/ff/ffee"]
 
 
+def test_local_put_makes_missing_folders_and_fsyncs_their_parents(tmp_path, monkeypatch):
+    """A put opens its temp file first and makes the folders only when the open finds them
+    missing: a fresh shard folder, and one removed behind the backend's back, are made anew."""
+    b = Backend(str(tmp_path / "repo"))
+    b.put("packs/ab/first", b"1")
+    synced_dirs: list[str] = []
+    real = backend_module._fsync_dir
+    monkeypatch.setattr(backend_module, "_fsync_dir", lambda path: (synced_dirs.append(path), real(path)))
+    b.put("packs/ab/second", b"2")
+    assert synced_dirs == [str(tmp_path / "repo" / "packs" / "ab")]  # only the rename's own folder
+    synced_dirs.clear()
+    (tmp_path / "repo" / "packs" / "ab" / "first").unlink()
+    (tmp_path / "repo" / "packs" / "ab" / "second").unlink()
+    (tmp_path / "repo" / "packs" / "ab").rmdir()
+    b.put("packs/ab/third", b"3")
+    assert b.get("packs/ab/third") == b"3" and b.list("packs/") == ["packs/ab/third"]
+    assert str(tmp_path / "repo" / "packs") in synced_dirs  # the new folder's entry made durable
+
+
 def test_local_put_of_more_pieces_than_one_writev_takes_resumes_short_writes(tmp_path, monkeypatch):
     b = Backend(str(tmp_path / "repo"))
     pieces = [os.urandom(1 + i % 300) for i in range(3 * backend_module._IOV_MAX + 5)]
