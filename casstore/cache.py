@@ -21,11 +21,16 @@ from typing import Iterable
 
 DEFAULT_CACHE_BYTES = 64 << 20
 ENTRY_OVERHEAD = 176   # bytes charged per entry besides its data (measured: key object 65, bytes header 33, slot ~75)
+HASH_KEY = 32          # the key length ENTRY_OVERHEAD covers; a longer key is charged its extra bytes
 ADMIT_FRACTION = 4     # a read or write fills the cache only when it is at most 1/4 of it
 
 
 class ChunkCache:
-    """Thread-safe LRU of hash -> bytes holding at most max_bytes (data plus ENTRY_OVERHEAD each)."""
+    """Thread-safe LRU of hash -> bytes holding at most max_bytes (data plus ENTRY_OVERHEAD each).
+
+    Any bytes key works (the LangGraph saver keys its pickled messages by their serialized
+    form); one longer than a hash is charged its extra bytes too.
+    """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if max_bytes < 0:
@@ -60,19 +65,23 @@ class ChunkCache:
         with self._lock:
             data = self._data
             for h, value in items:
-                cost = len(value) + ENTRY_OVERHEAD
+                cost = _cost(h, value)
                 if cost > self.max_bytes:
                     continue
                 old = data.pop(h, None)
                 if old is not None:
-                    self.size -= len(old) + ENTRY_OVERHEAD
+                    self.size -= _cost(h, old)
                 data[h] = value
                 self.size += cost
             while self.size > self.max_bytes:
-                _, old = data.popitem(last=False)
-                self.size -= len(old) + ENTRY_OVERHEAD
+                h, old = data.popitem(last=False)
+                self.size -= _cost(h, old)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
             self.size = 0
+
+
+def _cost(key: bytes, value: bytes) -> int:
+    return len(value) + ENTRY_OVERHEAD + max(0, len(key) - HASH_KEY)

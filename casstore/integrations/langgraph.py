@@ -112,6 +112,7 @@ except ImportError:  # langgraph-checkpoint before writes_sort_key existed
     def writes_sort_key(task_path: str, task_id: str = "", idx: int = 0) -> tuple[str, str, int]:
         return (task_path, task_id, idx)
 
+from ..cache import ChunkCache
 from ..errors import SnapshotNotFoundError
 from ..store import SnapshotInfo, Store
 
@@ -259,24 +260,21 @@ class _Thawed:
     The pickles are taken from serde's own output, right after deserializing, and never
     leave the process, so an element read again equals, field for field, a fresh
     deserialization of its item, and is a new object that no other reader shares.
-    Nothing is ever unpickled from storage. An LRU bounded by the bytes of its pickles;
-    thread-safe on its own lock.
+    Nothing is ever unpickled from storage. The pickles are held in a ChunkCache (a
+    thread-safe LRU bounded by the bytes of its keys and values).
     """
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._pickles: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        self._pickles = ChunkCache(limit)   # serde item -> pickle
+
+    @property
+    def used(self) -> int:
+        return self._pickles.size
 
     def load(self, items: list[bytes]) -> list[Any]:
         """The element of each item, unpickled where known, else _MISSING."""
-        with self._lock:
-            found = [self._pickles.get(i) for i in items]
-            for i, p in zip(items, found):
-                if p is not None:
-                    self._pickles.move_to_end(i)
-        return [_MISSING if p is None else pickle.loads(p) for p in found]
+        found = self._pickles.get_many(items)
+        return [_MISSING if (p := found.get(i)) is None else pickle.loads(p) for i in items]
 
     def add(self, items: list[bytes], objs: list[Any]) -> None:
         """Keep the LangChain objects among objs (just deserialized from items)."""
@@ -287,21 +285,10 @@ class _Thawed:
                     kept.append((item, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)))
                 except Exception:  # noqa: BLE001 - an unpicklable object is deserialized each time
                     continue
-        with self._lock:
-            for item, p in kept:
-                cost = len(item) + len(p)
-                if item in self._pickles or cost > self.limit:  # known already (another reader), or too big
-                    continue
-                self._pickles[item] = p
-                self.used += cost
-            while self.used > self.limit:
-                item, p = self._pickles.popitem(last=False)
-                self.used -= len(item) + len(p)
+        self._pickles.put_many(kept)
 
     def clear(self) -> None:
-        with self._lock:
-            self._pickles.clear()
-            self.used = 0
+        self._pickles.clear()
 
 
 def _state_bytes(state: Any) -> int:
