@@ -6,7 +6,8 @@ thread of `turns` turns plus several short threads; user and assistant
 messages of 200-2000 characters; every fourth turn the model calls a tool
 whose result is several KB. The same graph runs with each checkpointer in its
 own directory, and SqliteSaver also runs on LangGraph's `DeltaChannel`
-messages state where the installed LangGraph has it.
+messages state where the installed LangGraph has it. The savers run side by
+side, turn by turn (see run_turns).
 
 Measured per saver: bytes on disk (harness.dir_bytes), bytes per checkpoint,
 time per turn (a whole `graph.invoke`), time to load the latest and an early
@@ -93,14 +94,10 @@ def user_message(thread: str, turn: int, seed: int = 0) -> Any:
     return HumanMessage(_text(rng, 200, 2000), id=f"human-{thread}-{turn}")
 
 
-def run_chat(graph: Any, thread: str, turns: int, on_turn: Callable[[float], None] | None = None,
-             seed: int = 0) -> dict:
+def run_chat(graph: Any, thread: str, turns: int, seed: int = 0) -> dict:
     config = {"configurable": {"thread_id": thread}}
     for t in range(turns):
-        t0 = time.perf_counter()
         graph.invoke({"messages": [user_message(thread, t, seed)]}, config)
-        if on_turn:
-            on_turn(time.perf_counter() - t0)
     return config
 
 
@@ -151,23 +148,61 @@ def _has_delta() -> bool:
     return _delta_state() is not None
 
 
-def run_one(ctx: Context, name: str, factory: Callable[[Path], tuple[Any, Callable[[], None]]],
-            turns: int, *, delta: bool = False) -> dict[str, Any]:
-    row: dict[str, Any] = {"kind": "result", "benchmark": "langgraph", "tool": name, "status": "ok"}
-    d = ctx.tool_dir("langgraph", name)
+class _Lane:
+    """One saver under test: its graph, its directory and the turn times measured so far."""
+
+    def __init__(self, ctx: Context, name: str, factory: Callable[[Path], tuple[Any, Callable[[], None]]],
+                 delta: bool) -> None:
+        self.name, self.factory, self.delta = name, factory, delta
+        self.row: dict[str, Any] = {"kind": "result", "benchmark": "langgraph", "tool": name, "status": "ok"}
+        self.dir = ctx.tool_dir("langgraph", name)
+        self.times: list[float] = []
+        self.saver: Any = None
+        try:
+            self.saver, self.close = factory(self.dir)
+            self.graph = build_graph(self.saver, delta=delta)
+        except ImportError as exc:
+            self.row["status"] = f"unavailable: {exc}"
+
+    @property
+    def ok(self) -> bool:
+        return self.row["status"] == "ok"
+
+    def turn(self, thread: str, t: int) -> None:
+        """One timed `graph.invoke` on thread; a failure is recorded and ends this lane's turns."""
+        s = time.perf_counter()
+        try:
+            self.graph.invoke({"messages": [user_message(thread, t)]}, {"configurable": {"thread_id": thread}})
+        except Exception as exc:  # a failing saver is reported, the others carry on
+            self.fail(exc)
+            return
+        self.times.append(time.perf_counter() - s)
+
+    def fail(self, exc: Exception) -> None:
+        import traceback
+        self.row["status"] = f"error: {type(exc).__name__}: {exc}"
+        self.row["traceback"] = traceback.format_exc()[-3000:]
+
+
+def run_turns(lanes: list[_Lane], threads: list[tuple[str, int]]) -> None:
+    """Run every thread's turns on every lane, interleaved: turn t runs on each lane back to back,
+    the lane order reversed at every turn. On this shared, noisy machine, lanes run one after
+    another measured each other's noise and the process's history instead of the savers (the
+    same saver's time per turn moved by 1.2x with its place in the order); side by side, every
+    saver meets the same moments."""
+    for thread, turns in threads:
+        for t in range(turns):
+            live = [lane for lane in lanes if lane.ok]
+            for lane in live if t % 2 == 0 else reversed(live):
+                lane.turn(thread, t)
+
+
+def measure(lane: _Lane, turns: int) -> None:
+    """The lane's row: bytes stored, time per turn, load and list times, then the same reads on a
+    fresh saver opened on the same files (what a new process sees)."""
+    saver, name, row = lane.saver, lane.name, lane.row
     try:
-        saver, close = factory(d)
-    except ImportError as exc:
-        row["status"] = f"unavailable: {exc}"
-        return row
-    try:
-        graph = build_graph(saver, delta=delta)
-        times: list[float] = []
-        t0 = time.perf_counter()
-        config = run_chat(graph, "long", turns, times.append)
-        for i in range(SHORT_THREADS):
-            run_chat(graph, f"short-{i}", SHORT_TURNS, times.append)
-        total = time.perf_counter() - t0
+        config = {"configurable": {"thread_id": "long"}}
         history_ids = [t.config["configurable"]["checkpoint_id"] for t in saver.list(config)]
         checkpoints = len(history_ids) + sum(
             len(list(saver.list({"configurable": {"thread_id": f"short-{i}"}}, limit=None)))
@@ -186,11 +221,11 @@ def run_one(ctx: Context, name: str, factory: Callable[[Path], tuple[Any, Callab
         old_cfg = {"configurable": {"thread_id": "long", "checkpoint_ns": "", "checkpoint_id": old_id}}
         load_old, _ = best(lambda: saver.get_tuple(old_cfg))
         list_s, listed = best(lambda: list(saver.list(config)), reps=2)
-        state = graph.get_state(config).values["messages"]
+        state = lane.graph.get_state(config).values["messages"]
         messages = [(m.type, m.content) for m in state]
-        close()
+        lane.close()
         if name != "InMemorySaver":  # a fresh saver on the same files: what a new process sees
-            saver2, close2 = factory(d)
+            saver2, close2 = lane.factory(lane.dir)
             s = time.perf_counter()
             saver2.get_tuple(old_cfg)
             row["load_old_fresh_s"] = time.perf_counter() - s
@@ -198,12 +233,14 @@ def run_one(ctx: Context, name: str, factory: Callable[[Path], tuple[Any, Callab
             list(saver2.list(config))
             row["list_history_fresh_s"] = time.perf_counter() - s
             close2()
-        stored = _memory_bytes(saver) if name == "InMemorySaver" else dir_bytes(d)
+        stored = _memory_bytes(saver) if name == "InMemorySaver" else dir_bytes(lane.dir)
+        times = lane.times
         row.update({
             "snapshots": checkpoints, "stored_bytes": stored,
             "bytes_per_checkpoint": stored / checkpoints if checkpoints else None,
-            "snapshot_median_s": median(times), "snapshot_p95_s": p95(times), "snapshot_total_s": total,
-            "turn_median_s": median(times), "turn_mean_s": total / len(times),
+            "snapshot_median_s": median(times), "snapshot_p95_s": p95(times), "snapshot_total_s": sum(times),
+            "turn_median_s": median(times), "turn_mean_s": sum(times) / len(times),
+            "turn_mean_long_s": sum(times[:turns]) / turns,
             "restore_median_s": load_old, "load_latest_s": load_latest, "load_old_s": load_old,
             "list_history_s": list_s, "history_len": len(listed), "messages": len(messages),
             "final_messages_digest": hash(tuple(messages)),
@@ -211,10 +248,7 @@ def run_one(ctx: Context, name: str, factory: Callable[[Path], tuple[Any, Callab
         if name == "InMemorySaver":
             row["stored_note"] = "serialized bytes held in memory"
     except Exception as exc:  # a failing saver is reported, the others carry on
-        import traceback
-        row["status"] = f"error: {type(exc).__name__}: {exc}"
-        row["traceback"] = traceback.format_exc()[-3000:]
-    return row
+        lane.fail(exc)
 
 
 def _warm_up() -> None:
@@ -229,15 +263,19 @@ def _warm_up() -> None:
 
 def run(ctx: Context) -> list[dict[str, Any]]:
     turns = 30 if ctx.quick else 200
-    lanes: list[tuple[str, Callable, bool]] = [
+    specs: list[tuple[str, Callable, bool]] = [
         ("casstore", _casstore, False), ("SqliteSaver", _sqlite, False), ("InMemorySaver", _memory, False)]
     if _has_delta():
-        lanes.append(("SqliteSaver+DeltaChannel", _sqlite, True))
+        specs.append(("SqliteSaver+DeltaChannel", _sqlite, True))
     _warm_up()
-    rows = []
-    for name, factory, delta in lanes:
-        ctx.log(f"  langgraph: {name}, {turns} turns + {SHORT_THREADS}x{SHORT_TURNS}")
-        rows.append(run_one(ctx, name, factory, turns, delta=delta))
+    ctx.log(f"  langgraph: {', '.join(name for name, _, _ in specs)} side by side, "
+            f"{turns} turns + {SHORT_THREADS}x{SHORT_TURNS}")
+    lanes = [_Lane(ctx, name, factory, delta) for name, factory, delta in specs]
+    run_turns(lanes, [("long", turns)] + [(f"short-{i}", SHORT_TURNS) for i in range(SHORT_THREADS)])
+    for lane in lanes:
+        if lane.ok:
+            measure(lane, turns)
+    rows = [lane.row for lane in lanes]
     by = {r["tool"]: r for r in rows}
     cas, sql, dlt = by["casstore"], by["SqliteSaver"], by.get("SqliteSaver+DeltaChannel", {})
     digests = {r.get("final_messages_digest") for r in rows if r["status"] == "ok"}
