@@ -367,7 +367,7 @@ class Repository:
         snap_id, data = manifest.encode(fields, self.hasher)
         stored_manifest = (manifest_key(snap_id), self.seal_manifest(snap_id, data))
         if new.deferred is not None:   # a small snapshot's only pack: both objects in one ordered pair
-            self.backend.put_pair(new.deferred, stored_manifest)
+            self.backend.put_pair(new.deferred, stored_manifest, tombstone=forgotten_key(snap_id))
         else:
             self.backend.put(*stored_manifest)
         if time.monotonic() - checked > self.config.gc_grace / 2:

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from casstore import backend as backend_module
+from casstore import journal
 from casstore.backend import Backend, is_transient, redact_url, with_retries
 from casstore.errors import ConfigurationError, ObjectNotFoundError, StorageError
 
@@ -190,8 +191,11 @@ def test_put_pair_stores_both(backend):
     assert backend.get("packs/ab/abc") == b"pack" and backend.get("snapshots/cd/cde") == b"manifest"
 
 
+BIG_PACK = b"p" * (journal.MAX_PAIR + 1)   # a pair too large for the journal: put file by file
+
+
 def test_put_pair_renames_the_second_only_after_the_first_is_durable(tmp_path, monkeypatch):
-    """The manifest's final name appears only after the pack's rename and its folder's fsync."""
+    """Unjournaled, the manifest's final name appears only after the pack's rename and its folder's fsync."""
     b = Backend(str(tmp_path / "repo"))
     events: list[str] = []
     real_replace, real_fsync_dir = os.replace, backend_module._fsync_dir
@@ -199,7 +203,7 @@ def test_put_pair_renames_the_second_only_after_the_first_is_durable(tmp_path, m
                         lambda src, dst: (events.append("rename " + os.path.basename(dst)), real_replace(src, dst)))
     monkeypatch.setattr(backend_module, "_fsync_dir",
                         lambda path: (events.append("fsync " + os.path.basename(path)), real_fsync_dir(path)))
-    b.put_pair(("packs/ab/abc", b"pack"), ("snapshots/cd/cde", b"manifest"))
+    b.put_pair(("packs/ab/abc", BIG_PACK), ("snapshots/cd/cde", b"manifest"))
     assert events.index("rename abc") < events.index("fsync ab") < events.index("rename cde")
 
 
@@ -215,7 +219,7 @@ def test_put_pair_failure_never_leaves_the_second_alone(tmp_path, monkeypatch, f
 
     monkeypatch.setattr(backend_module, "_write_temp", write_temp)
     with pytest.raises(StorageError, match=f"put .*{failing}/"):
-        b.put_pair(("packs/ab/abc", b"pack"), ("snapshots/cd/cde", b"manifest"))
+        b.put_pair(("packs/ab/abc", BIG_PACK), ("snapshots/cd/cde", b"manifest"))
     assert not b.exists("snapshots/cd/cde")
     assert not [n for _, _, names in os.walk(tmp_path / "repo") for n in names if n.startswith(".")]  # no temp left
 

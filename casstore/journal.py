@@ -1,0 +1,235 @@
+"""Write-ahead journal: one fdatasync makes a small local snapshot's objects durable.
+
+Why: a small snapshot (one pack and its manifest) made durable as two new
+files costs two file fsyncs and two folder fsyncs, each a filesystem journal
+commit: most of a LangGraph checkpoint's time. Appending both objects to a
+file that already exists and fdatasyncing it is one commit, as SQLite's WAL
+does. So a local folder writes the pair to its journal first, then puts the
+two objects as ordinary files without syncing them, and makes those files
+durable in batches (every FLUSH_RECORDS records, FLUSH_BYTES bytes or
+FLUSH_AGE seconds, and on close), after which the journal is emptied. Until
+then, the journal holds the only durable copy.
+
+Layout: ``journal/<random hex>`` in the repository folder, one per open
+backend that wrote a pair, locked (flock) by its process while open. A file
+is a run of records (integers little-endian)::
+
+    4s magic b"CJ01" | I object count | I body length | 32s BLAKE3 of the body
+    body: per object  H key length | H tombstone length | I data length | key | tombstone | data
+
+Recovery (replay): a journal no live process holds is left by a crash. Every
+object of its whole records is put again, durably, where the file is missing
+or differs (a power cut can lose or tear files that were not yet synced),
+unless the object's tombstone key exists (a manifest whose snapshot was
+deleted on purpose since). A torn last record is ignored: its write never
+returned, so no snapshot relies on it. Then the journal is removed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import threading
+import time
+import uuid
+from typing import Callable, Iterator
+
+import blake3
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no way to tell a live journal from a crashed one's
+    fcntl = None  # type: ignore[assignment]
+
+FOLDER = "journal"
+MAGIC = b"CJ01"
+RECORD = struct.Struct("<4sII32s")
+OBJECT = struct.Struct("<HHI")
+FLUSH_RECORDS = 32       # records between flushes: syncing their files costs one commit (syncfs)
+FLUSH_BYTES = 4 << 20    # ...or this many journal bytes
+FLUSH_AGE = 2.0          # ...or when the oldest unflushed record is this old (seconds)
+MAX_PAIR = 1 << 20       # pairs larger than this are put the ordinary way: their syncs are amortized
+
+Piece = bytes | bytearray | memoryview
+Obj = tuple[str, Piece | list[Piece], str | None]   # key, data (bytes or pieces), tombstone key
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2): one call commits every file of the filesystem, where an fsync per file
+    commits once per file (measured 30 against 380 us a snapshot, in batches of 64)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+def supported() -> bool:
+    """A journal needs flock, to tell a live writer's journal from a crashed one's."""
+    return fcntl is not None
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or a folder by name (a folder: make the entries made in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """One backend's journal; pairs go through put(), one at a time (a lock orders them)."""
+
+    def __init__(self, root: str, write_all: Callable[[int, list[Piece]], None]) -> None:
+        """write_all(fd, pieces) writes pieces in order (the backend's writev loop)."""
+        self.root = root
+        self.write_all = write_all
+        self.folder = os.path.join(root, FOLDER)
+        self.path = os.path.join(self.folder, uuid.uuid4().hex)
+        self.lock = threading.Lock()
+        self.fd: int | None = None
+        self.size = 0             # bytes of whole records in the journal
+        self.records = 0
+        self.oldest = 0.0         # monotonic time of the first unflushed record
+        self.pending: list[str] = []   # files put since the last flush
+        self.broken = False       # a failed append could not be undone: stop journaling
+
+    def put(self, objects: list[Obj], write: Callable[[str, Piece | list[Piece]], str]) -> None:
+        """Make objects durable in the journal, then write each (in order) with write(key, data),
+        which returns the file's path; flush when a bound is reached."""
+        with self.lock:
+            self._append(objects)
+            self.pending.extend(write(key, data) for key, data, _ in objects)
+            self.records += 1
+            if self.records == 1:
+                self.oldest = time.monotonic()
+            if (self.records >= FLUSH_RECORDS or self.size >= FLUSH_BYTES
+                    or time.monotonic() - self.oldest >= FLUSH_AGE):
+                self._flush()
+
+    def flush(self) -> None:
+        """Make every file put so far durable and empty the journal."""
+        with self.lock:
+            self._flush()
+
+    def close(self) -> None:
+        """Flush, then remove the (empty) journal and release its lock."""
+        with self.lock:
+            if self.fd is None:
+                return
+            self._flush()
+            os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = None
+
+    def _open(self) -> int:
+        made = not os.path.isdir(self.folder)
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fsync_path(self.folder)   # the journal's own name must survive a crash
+            if made:
+                fsync_path(self.root)
+        except BaseException:
+            os.close(fd)
+            os.unlink(self.path)
+            raise
+        return fd
+
+    def _append(self, objects: list[Obj]) -> None:
+        if self.fd is None:
+            self.fd = self._open()
+        pieces: list[Piece] = []
+        hasher = blake3.blake3()
+        for key, data, tomb in objects:
+            parts = data if isinstance(data, list) else [data]
+            k, t = key.encode(), (tomb or "").encode()
+            head = OBJECT.pack(len(k), len(t), sum(map(len, parts))) + k + t
+            for part in (head, *parts):
+                hasher.update(part)
+                pieces.append(part)
+        body = sum(map(len, pieces))
+        pieces.insert(0, RECORD.pack(MAGIC, len(objects), body, hasher.digest()))
+        try:
+            self.write_all(self.fd, pieces)
+            os.fdatasync(self.fd)
+        except BaseException:
+            self._undo()
+            raise
+        self.size += RECORD.size + body
+
+    def _undo(self) -> None:
+        """Cut a failed append off, so later records stay reachable by a replay."""
+        try:
+            os.ftruncate(self.fd, self.size)
+        except OSError:
+            self.broken = True
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        if _SYNCFS is not None:
+            if _SYNCFS(self.fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs: {os.strerror(err)}", self.root)
+        else:
+            for path in dict.fromkeys(self.pending):
+                fsync_path(path)
+            for folder in dict.fromkeys(map(os.path.dirname, self.pending)):
+                fsync_path(folder)
+        os.ftruncate(self.fd, 0)
+        self.size = self.records = 0
+        self.pending = []
+
+
+def orphans(root: str) -> Iterator[tuple[str, int]]:
+    """(path, locked fd) of each journal under root that no live process holds."""
+    folder = os.path.join(root, FOLDER)
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:   # another process replayed it just now
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:   # held: its writer is alive
+            os.close(fd)
+            continue
+        if not os.path.exists(path):   # replayed and removed between our open and our lock
+            os.close(fd)
+            continue
+        yield path, fd
+
+
+def records(data: bytes) -> Iterator[list[tuple[str, memoryview, str | None]]]:
+    """Each whole record's objects (key, data, tombstone); stops at the first torn or foreign one."""
+    view = memoryview(data)
+    at = 0
+    while at + RECORD.size <= len(view):
+        magic, count, body, digest = RECORD.unpack_from(view, at)
+        start, end = at + RECORD.size, at + RECORD.size + body
+        if magic != MAGIC or end > len(view) or blake3.blake3(view[start:end]).digest() != digest:
+            return
+        objects, i = [], start
+        for _ in range(count):
+            klen, tlen, dlen = OBJECT.unpack_from(view, i)
+            i += OBJECT.size
+            key = bytes(view[i:i + klen]).decode()
+            tomb = bytes(view[i + klen:i + klen + tlen]).decode() or None
+            i += klen + tlen
+            objects.append((key, view[i:i + dlen], tomb))
+            i += dlen
+        yield objects
+        at = end
