@@ -157,6 +157,8 @@ class _Lane:
         self.row: dict[str, Any] = {"kind": "result", "benchmark": "langgraph", "tool": name, "status": "ok"}
         self.dir = ctx.tool_dir("langgraph", name)
         self.times: list[float] = []
+        self.history: list[str] = []
+        self.old: dict = {}
         self.saver: Any = None
         try:
             self.saver, self.close = factory(self.dir)
@@ -197,40 +199,56 @@ def run_turns(lanes: list[_Lane], threads: list[tuple[str, int]]) -> None:
                 lane.turn(thread, t)
 
 
-def measure(lane: _Lane, turns: int) -> None:
-    """The lane's row: bytes stored, time per turn, load and list times, then the same reads on a
-    fresh saver opened on the same files (what a new process sees)."""
+LONG = {"configurable": {"thread_id": "long"}}
+
+
+def time_reads(lanes: list[_Lane]) -> None:
+    """Best-of times of each read (latest checkpoint, an early one, the whole history), taken
+    side by side like the turns: every repetition runs on each lane back to back, so every
+    saver reads while the same objects are alive (a listing is mostly allocation and cyclic GC,
+    whose cost grows with the process's live objects)."""
+    for lane in lanes:
+        try:
+            lane.history = [t.config["configurable"]["checkpoint_id"] for t in lane.saver.list(LONG)]
+            old_id = lane.history[-min(10, len(lane.history))]
+            lane.old = {"configurable": {"thread_id": "long", "checkpoint_ns": "", "checkpoint_id": old_id}}
+        except Exception as exc:  # noqa: BLE001 - a failing saver is reported, the others carry on
+            lane.fail(exc)
+    reads = (("load_latest_s", lambda lane: lane.saver.get_tuple(LONG), 5),
+             ("load_old_s", lambda lane: lane.saver.get_tuple(lane.old), 5),
+             ("list_history_s", lambda lane: lane.row.__setitem__("history_len", len(list(lane.saver.list(LONG)))), 2))
+    for key, read, reps in reads:
+        for rep in range(reps):
+            live = [lane for lane in lanes if lane.ok]
+            for lane in live if rep % 2 == 0 else reversed(live):
+                s = time.perf_counter()
+                try:
+                    read(lane)
+                except Exception as exc:  # noqa: BLE001
+                    lane.fail(exc)
+                    continue
+                took = time.perf_counter() - s
+                lane.row[key] = min(took, lane.row.get(key, took))
+
+
+def finish(lane: _Lane, turns: int) -> None:
+    """The rest of the lane's row: bytes stored, checkpoints, turn times, then the reads again on
+    a fresh saver opened on the same files (what a new process sees)."""
     saver, name, row = lane.saver, lane.name, lane.row
     try:
-        config = {"configurable": {"thread_id": "long"}}
-        history_ids = [t.config["configurable"]["checkpoint_id"] for t in saver.list(config)]
-        checkpoints = len(history_ids) + sum(
+        checkpoints = len(lane.history) + sum(
             len(list(saver.list({"configurable": {"thread_id": f"short-{i}"}}, limit=None)))
             for i in range(SHORT_THREADS))
-
-        def best(fn: Callable[[], Any], reps: int = 5) -> tuple[float, Any]:
-            out, ts = None, []
-            for _ in range(reps):
-                s = time.perf_counter()
-                out = fn()
-                ts.append(time.perf_counter() - s)
-            return min(ts), out
-
-        load_latest, latest = best(lambda: saver.get_tuple(config))
-        old_id = history_ids[-min(10, len(history_ids))]
-        old_cfg = {"configurable": {"thread_id": "long", "checkpoint_ns": "", "checkpoint_id": old_id}}
-        load_old, _ = best(lambda: saver.get_tuple(old_cfg))
-        list_s, listed = best(lambda: list(saver.list(config)), reps=2)
-        state = lane.graph.get_state(config).values["messages"]
+        state = lane.graph.get_state(LONG).values["messages"]
         messages = [(m.type, m.content) for m in state]
         lane.close()
         if name != "InMemorySaver":  # a fresh saver on the same files: what a new process sees
             saver2, close2 = lane.factory(lane.dir)
             s = time.perf_counter()
-            saver2.get_tuple(old_cfg)
+            saver2.get_tuple(lane.old)
             row["load_old_fresh_s"] = time.perf_counter() - s
             s = time.perf_counter()
-            list(saver2.list(config))
+            list(saver2.list(LONG))
             row["list_history_fresh_s"] = time.perf_counter() - s
             close2()
         stored = _memory_bytes(saver) if name == "InMemorySaver" else dir_bytes(lane.dir)
@@ -240,14 +258,12 @@ def measure(lane: _Lane, turns: int) -> None:
             "bytes_per_checkpoint": stored / checkpoints if checkpoints else None,
             "snapshot_median_s": median(times), "snapshot_p95_s": p95(times), "snapshot_total_s": sum(times),
             "turn_median_s": median(times), "turn_mean_s": sum(times) / len(times),
-            "turn_mean_long_s": sum(times[:turns]) / turns,
-            "restore_median_s": load_old, "load_latest_s": load_latest, "load_old_s": load_old,
-            "list_history_s": list_s, "history_len": len(listed), "messages": len(messages),
-            "final_messages_digest": hash(tuple(messages)),
+            "turn_mean_long_s": sum(times[:turns]) / turns, "restore_median_s": row["load_old_s"],
+            "messages": len(messages), "final_messages_digest": hash(tuple(messages)),
         })
         if name == "InMemorySaver":
             row["stored_note"] = "serialized bytes held in memory"
-    except Exception as exc:  # a failing saver is reported, the others carry on
+    except Exception as exc:  # noqa: BLE001 - a failing saver is reported, the others carry on
         lane.fail(exc)
 
 
@@ -272,9 +288,10 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             f"{turns} turns + {SHORT_THREADS}x{SHORT_TURNS}")
     lanes = [_Lane(ctx, name, factory, delta) for name, factory, delta in specs]
     run_turns(lanes, [("long", turns)] + [(f"short-{i}", SHORT_TURNS) for i in range(SHORT_THREADS)])
+    time_reads(lanes)
     for lane in lanes:
         if lane.ok:
-            measure(lane, turns)
+            finish(lane, turns)
     rows = [lane.row for lane in lanes]
     by = {r["tool"]: r for r in rows}
     cas, sql, dlt = by["casstore"], by["SqliteSaver"], by.get("SqliteSaver+DeltaChannel", {})
