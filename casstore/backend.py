@@ -385,7 +385,7 @@ class Backend:
                         if not _holds(target, obj):
                             _local_put(target, obj)
                             restored += 1
-                os.unlink(path)
+                _unlink_quietly(path)   # a reader without write access leaves it to the next writer
             except OSError as exc:
                 raise self._failure("replay journal", f"{_journal.FOLDER}/{os.path.basename(path)}", exc) from exc
             finally:
@@ -577,12 +577,17 @@ class Backend:
 
     def close(self) -> None:
         """Make journaled puts durable, then shut down the thread pool (waits for running requests)."""
-        if self._journal is not None:
-            self._run("flush", _journal.FOLDER, None, self._journal.close)
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        try:
+            if self._journal is not None:
+                try:
+                    self._journal.close()
+                except OSError as exc:   # their journal stays, for the next open to replay
+                    raise self._failure("sync journaled puts in", _journal.FOLDER, exc) from exc
+        finally:
+            with self._pool_lock:
+                pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def __enter__(self) -> "Backend":
         return self

@@ -7,7 +7,7 @@ file that already exists and fdatasyncing it is one commit, as SQLite's WAL
 does. So a local folder writes the pair to its journal first, then puts the
 two objects as ordinary files without syncing them, and makes those files
 durable in batches (every FLUSH_RECORDS records, FLUSH_BYTES bytes or
-FLUSH_AGE seconds, and on close), after which the journal is emptied. Until
+FLUSH_AGE seconds, and on close), after which that journal is removed. Until
 then, the journal holds the only durable copy.
 
 Layout: ``journal/<random hex>`` in the repository folder, one per open
@@ -28,6 +28,8 @@ returned, so no snapshot relies on it. Then the journal is removed.
 from __future__ import annotations
 
 import ctypes
+import errno
+import logging
 import os
 import struct
 import threading
@@ -46,10 +48,12 @@ FOLDER = "journal"
 MAGIC = b"CJ01"
 RECORD = struct.Struct("<4sII32s")
 OBJECT = struct.Struct("<HHI")
-FLUSH_RECORDS = 32       # records between flushes: syncing their files costs one commit (syncfs)
-FLUSH_BYTES = 4 << 20    # ...or this many journal bytes
-FLUSH_AGE = 2.0          # ...or when the oldest unflushed record is this old (seconds)
+FLUSH_RECORDS = 32       # records in one journal: syncing their files at once costs one commit (syncfs)
+FLUSH_BYTES = 4 << 20    # ...or this many bytes
+FLUSH_AGE = 2.0          # ...or retire it at the first put once its first record is this old (seconds)
 MAX_PAIR = 1 << 20       # pairs larger than this are put the ordinary way: their syncs are amortized
+
+log = logging.getLogger("casstore")
 
 Piece = bytes | bytearray | memoryview
 Obj = tuple[str, Piece | list[Piece], str | None]   # key, data (bytes or pieces), tombstone key
@@ -84,25 +88,32 @@ def fsync_path(path: str) -> None:
 
 
 class Journal:
-    """One backend's journal; pairs go through put(), one at a time (a lock orders them)."""
+    """One backend's journal; pairs go through put(), one at a time (a lock orders them).
+
+    A journal whose bound is reached is retired on a thread of its own: its
+    files are synced, then it is removed, while the next pair already goes to a
+    fresh journal. So a flush never stalls a snapshot, even where syncfs must
+    also write back other programs' data on the same filesystem.
+    """
 
     def __init__(self, root: str, write_all: Callable[[int, list[Piece]], None]) -> None:
         """write_all(fd, pieces) writes pieces in order (the backend's writev loop)."""
         self.root = root
         self.write_all = write_all
         self.folder = os.path.join(root, FOLDER)
-        self.path = os.path.join(self.folder, uuid.uuid4().hex)
         self.lock = threading.Lock()
         self.fd: int | None = None
-        self.size = 0             # bytes of whole records in the journal
+        self.path = ""
+        self.size = 0             # bytes of whole records in the open journal
         self.records = 0
-        self.oldest = 0.0         # monotonic time of the first unflushed record
-        self.pending: list[str] = []   # files put since the last flush
+        self.oldest = 0.0         # monotonic time of its first record
+        self.pending: list[str] = []   # files put since it was opened
+        self.retiring: threading.Thread | None = None
         self.broken = False       # a failed append could not be undone: stop journaling
 
     def put(self, objects: list[Obj], write: Callable[[str, Piece | list[Piece]], str]) -> None:
         """Make objects durable in the journal, then write each (in order) with write(key, data),
-        which returns the file's path; flush when a bound is reached."""
+        which returns the file's path; retire the journal when a bound is reached."""
         with self.lock:
             self._append(objects)
             self.pending.extend(write(key, data) for key, data, _ in objects)
@@ -111,27 +122,18 @@ class Journal:
                 self.oldest = time.monotonic()
             if (self.records >= FLUSH_RECORDS or self.size >= FLUSH_BYTES
                     or time.monotonic() - self.oldest >= FLUSH_AGE):
-                self._flush()
-
-    def flush(self) -> None:
-        """Make every file put so far durable and empty the journal."""
-        with self.lock:
-            self._flush()
+                self._retire(background=True)
 
     def close(self) -> None:
-        """Flush, then remove the (empty) journal and release its lock."""
+        """Make every file put durable and remove the journals (waits for one being retired)."""
         with self.lock:
-            if self.fd is None:
-                return
-            self._flush()
-            os.unlink(self.path)
-            os.close(self.fd)
-            self.fd = None
+            self._retire(background=False)
 
-    def _open(self) -> int:
+    def _open(self) -> None:
         made = not os.path.isdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        path = os.path.join(self.folder, uuid.uuid4().hex)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fsync_path(self.folder)   # the journal's own name must survive a crash
@@ -139,13 +141,13 @@ class Journal:
                 fsync_path(self.root)
         except BaseException:
             os.close(fd)
-            os.unlink(self.path)
+            os.unlink(path)
             raise
-        return fd
+        self.fd, self.path = fd, path
 
     def _append(self, objects: list[Obj]) -> None:
         if self.fd is None:
-            self.fd = self._open()
+            self._open()
         pieces: list[Piece] = []
         hasher = blake3.blake3()
         for key, data, tomb in objects:
@@ -172,21 +174,43 @@ class Journal:
         except OSError:
             self.broken = True
 
-    def _flush(self) -> None:
-        if not self.pending:
+    def _retire(self, background: bool) -> None:
+        """Hand the open journal to a retiring thread (at most one at a time), or retire it here."""
+        if self.retiring is not None:
+            self.retiring.join()
+            self.retiring = None
+        if self.fd is None:
             return
-        if _SYNCFS is not None:
-            if _SYNCFS(self.fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"syncfs: {os.strerror(err)}", self.root)
+        job = (self.fd, self.path, self.pending)
+        self.fd, self.path, self.pending, self.size, self.records = None, "", [], 0, 0
+        if background:
+            self.retiring = threading.Thread(target=_sync_and_remove, args=(self.root, *job, True),
+                                             name="casstore-journal", daemon=True)
+            self.retiring.start()
         else:
-            for path in dict.fromkeys(self.pending):
-                fsync_path(path)
-            for folder in dict.fromkeys(map(os.path.dirname, self.pending)):
+            _sync_and_remove(self.root, *job, False)
+
+
+def _sync_and_remove(root: str, fd: int, path: str, files: list[str], quiet: bool) -> None:
+    """Make a retired journal's files durable, then remove it. Should that fail, the journal stays
+    (unlocked): it is still their durable copy, and the next open replays it (quiet: only logged)."""
+    try:
+        if _SYNCFS is not None:
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno() or errno.EIO
+                raise OSError(err, f"syncfs: {os.strerror(err)}", root)
+        else:
+            for name in dict.fromkeys(files):
+                fsync_path(name)
+            for folder in dict.fromkeys(map(os.path.dirname, files)):
                 fsync_path(folder)
-        os.ftruncate(self.fd, 0)
-        self.size = self.records = 0
-        self.pending = []
+        os.unlink(path)
+    except OSError as exc:
+        if not quiet:
+            raise
+        log.warning("casstore: journal %s kept for the next open to replay: %s", path, exc)
+    finally:
+        os.close(fd)
 
 
 def orphans(root: str) -> Iterator[tuple[str, int]]:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import casstore
-from casstore import backend as backend_module
 from casstore import journal
 from casstore.backend import Backend
 from casstore.errors import StorageError
@@ -25,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WRITER = textwrap.dedent("""
     import os, signal, sys
     import casstore
+    from casstore import journal
     from tests.helpers import add_turn, chat_state
+    journal.FLUSH_AGE = 1e9   # however slow this machine, the pairs stay in one journal
     repo, count, delete = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     store = casstore.open(repo)
     state = chat_state(3)
@@ -59,20 +60,22 @@ def expected_states(count: int) -> list[dict]:
     return out
 
 
-def test_a_small_pair_is_journaled_before_its_files_and_flushed_in_batches(tmp_path):
+def test_a_small_pair_is_journaled_before_its_files_and_flushed_in_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal, "FLUSH_AGE", 1e9)
     b = Backend(str(tmp_path / "repo"))
     b.put_pair(("packs/ab/abc", b"pack"), ("manifests/cd/cde", b"manifest"), tombstone="forgotten/cde")
     assert b.get("packs/ab/abc") == b"pack" and b.get("manifests/cd/cde") == b"manifest"
     [record] = journal_records(tmp_path / "repo")
     assert [(k, bytes(d), t) for k, d, t in record] == [
         ("packs/ab/abc", b"pack", None), ("manifests/cd/cde", b"manifest", "forgotten/cde")]
-    for i in range(1, journal.FLUSH_RECORDS):   # the batch's last put makes its files durable
+    for i in range(1, journal.FLUSH_RECORDS):   # the batch's last put retires the journal
         b.put_pair((f"packs/ab/{i}", b"p%d" % i), (f"manifests/cd/{i}", b"m%d" % i))
-    assert journal_records(tmp_path / "repo") == []
-    b.put_pair(("packs/ab/last", b"p"), ("manifests/cd/last", b"m"))
+    b._journal.retiring.join()   # its files synced, it is gone
+    assert os.listdir(tmp_path / "repo" / journal.FOLDER) == []
+    b.put_pair(("packs/ab/last", b"p"), ("manifests/cd/last", b"m"))   # the next pair opens a new one
     assert len(journal_records(tmp_path / "repo")) == 1
     b.close()
-    assert os.listdir(tmp_path / "repo" / journal.FOLDER) == []   # closing flushes and removes it
+    assert os.listdir(tmp_path / "repo" / journal.FOLDER) == []   # closing syncs and removes it
 
 
 def test_a_crash_replays_what_the_files_lost(tmp_path):
@@ -114,7 +117,8 @@ def test_a_live_writers_journal_is_left_alone(tmp_path):
     assert not os.path.exists(held)
 
 
-def test_a_torn_last_record_is_ignored(tmp_path):
+def test_a_torn_last_record_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal, "FLUSH_AGE", 1e9)
     repo = tmp_path / "repo"
     b = Backend(str(repo))
     b.put_pair(("packs/ab/one", b"1" * 100), ("manifests/cd/one", b"m1"))
@@ -147,6 +151,7 @@ def test_a_snapshot_deleted_before_the_crash_stays_deleted(tmp_path):
 
 
 def test_a_failed_append_is_cut_off_so_later_records_replay(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal, "FLUSH_AGE", 1e9)
     repo = tmp_path / "repo"
     b = Backend(str(repo))
     b.put_pair(("packs/ab/one", b"1"), ("manifests/cd/one", b"m1"))
@@ -168,7 +173,28 @@ def test_without_syncfs_a_flush_fsyncs_each_file_and_folder(tmp_path, monkeypatc
                                                              real(path)))
     b = Backend(str(tmp_path / "repo"))
     b.put_pair(("packs/ab/abc", b"pack"), ("manifests/cd/cde", b"manifest"))
+    path = b._journal.path
     b.close()
     for name in ("repo/packs/ab/abc", "repo/manifests/cd/cde", "repo/packs/ab", "repo/manifests/cd"):
         assert name in synced
-    assert not backend_module.os.path.exists(b._journal.path)
+    assert not os.path.exists(path)
+
+
+def test_a_journal_whose_files_fail_to_sync_is_kept_for_a_replay(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(journal, "_SYNCFS", lambda fd: -1)
+    repo = tmp_path / "repo"
+    b = Backend(str(repo))
+    for i in range(journal.FLUSH_RECORDS):
+        b.put_pair((f"packs/ab/{i}", b"p%d" % i), (f"manifests/cd/{i}", b"m%d" % i))
+    b._journal.retiring.join()
+    assert "kept for the next open to replay" in caplog.text
+    assert len(journal_records(repo)) == journal.FLUSH_RECORDS   # still the durable copy, now unlocked
+    os.remove(repo / "packs/ab/7")
+    monkeypatch.setattr(journal, "_SYNCFS", None)
+    b2 = Backend(str(repo))
+    assert b2.get("packs/ab/7") == b"p7"
+    assert os.listdir(repo / journal.FOLDER) == []
+    with pytest.raises(StorageError, match="syncfs"):   # at close, the failure is the caller's to see
+        monkeypatch.setattr(journal, "_SYNCFS", lambda fd: -1)
+        b2.put_pair(("packs/ab/x", b"x"), ("manifests/cd/x", b"y"))
+        b2.close()
