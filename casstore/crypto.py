@@ -140,6 +140,10 @@ class Sealer:
     def open(self, data: bytes | memoryview, ad: bytes, what: str) -> bytes | memoryview:
         return data
 
+    def open_into(self, data: bytes | memoryview, ad: bytes, what: str, out: memoryview) -> None:
+        """open(), the result written to out (exactly len(data) - overhead bytes)."""
+        out[:] = data
+
 
 class AeadSealer(Sealer):
     """An AEAD with a random nonce prepended; a failed tag is an IntegrityError."""
@@ -166,6 +170,15 @@ class AeadSealer(Sealer):
         view = memoryview(data)
         try:
             return self._aead.decrypt(bytes(view[:NONCE]), view[NONCE:], ad)
+        except self._invalid:
+            raise IntegrityError(f"{what}: ciphertext does not authenticate (tampered, or sealed with another key)") from None
+
+    def open_into(self, data: bytes | memoryview, ad: bytes, what: str, out: memoryview) -> None:
+        if len(data) < OVERHEAD or len(out) != len(data) - OVERHEAD:
+            raise IntegrityError(f"{what}: sealed object of {len(data)} bytes does not open into {len(out)} bytes")
+        view = memoryview(data)
+        try:
+            self._aead.decrypt_into(bytes(view[:NONCE]), view[NONCE:], ad, out)
         except self._invalid:
             raise IntegrityError(f"{what}: ciphertext does not authenticate (tampered, or sealed with another key)") from None
 

@@ -158,6 +158,7 @@ class Repository:
         # Ranges read and decoded ahead of the one being checked (see _load_once and LOCAL_MAX_READ).
         self.read_ahead = (os.cpu_count() or 1) + 1 if backend.is_local else read_workers or REMOTE_READ_WORKERS
         self._lock = threading.RLock()
+        self._opened_buf = threading.local()   # per read thread: a run's sealed frames, opened (see _opened)
         self.cache = ChunkCache(cache_bytes)
         self._marks_seen = 0.0  # monotonic time of the last look at gc's condemned marks
         self.memo = StreamMemo()
@@ -635,14 +636,16 @@ class Repository:
         A chunk with a place is decoded straight into it, others into new
         buffers. Chunks stored back to back whose places also follow each other
         (a fresh snapshot's, usually) are decoded as one run (Codec.inflate_into):
-        no Python step, temporary or copy per chunk. Plain zstd chunks without a
-        place (a small restore's) are decoded together (Codec.inflate_each); the
-        rest one by one. A frame that fails is named on its own (_name_bad_frame).
+        no Python step, temporary or copy per chunk; sealed, the run's frames are
+        first opened side by side into one buffer (_open_run). Plain zstd chunks
+        without a place (a small restore's) are decoded together
+        (Codec.inflate_each); the rest one by one. A frame that fails is named on
+        its own (_name_bad_frame).
         """
         chunks: list[Read] = []
         out: list[bytes | memoryview] = []
         at, dst = places.at, places.buf
-        runs = not self.sealer.encrypted   # sealed chunks are opened one by one: their frames are not adjacent
+        sealed = self.sealer.encrypted
         plain: list[int] = []              # positions in out of plain zstd chunks without a place, decoded together
         frames: list[memoryview] = []
         for (pack_id, base, _, group), buf in reads:
@@ -650,7 +653,7 @@ class Repository:
             while i < len(group):
                 h, loc = group[i]
                 place = at.get(h)
-                if place is None and runs and loc.method == ZSTD:
+                if place is None and not sealed and loc.method == ZSTD:
                     plain.append(len(out))
                     frames.append(buf[loc.offset - base:loc.offset - base + loc.stored_len])
                     chunks.append((pack_id, h, loc))
@@ -659,7 +662,7 @@ class Repository:
                     continue
                 if place is not None and place[1] != loc.raw_len:
                     raise IntegrityError(f"chunk {h.hex()} holds {loc.raw_len} bytes; the chunk tree says {place[1]}")
-                j = _run_end(group, i, at) if place is not None and runs and loc.method in (ZSTD, ZSTD_SHUFFLE) else i + 1
+                j = _run_end(group, i, at) if place is not None and loc.method in (ZSTD, ZSTD_SHUFFLE) else i + 1
                 if j == i + 1:   # one chunk: one decompress call costs less than a stream reader
                     stored = self._unseal(h, buf[loc.offset - base:loc.offset - base + loc.stored_len], pack_id)
                     try:
@@ -674,8 +677,9 @@ class Repository:
                 stored_end = group[j - 1][1].offset + group[j - 1][1].stored_len
                 dst_end = at[group[j - 1][0]][0] + group[j - 1][1].raw_len
                 try:
-                    self.codec.inflate_into(loc.method, buf[loc.offset - base:stored_end - base], dst[place[0]:dst_end],
-                                            loc.itemsize, loc.raw_len)
+                    frames = (self._open_run(pack_id, buf, base, group[i:j]) if sealed
+                              else buf[loc.offset - base:stored_end - base])
+                    self.codec.inflate_into(loc.method, frames, dst[place[0]:dst_end], loc.itemsize, loc.raw_len)
                 except IntegrityError as e:
                     self._name_bad_frame(pack_id, buf, base, group[i:j])
                     raise IntegrityError(f"chunk {h.hex()} (or one of the {j - i - 1} after it) in pack "
@@ -697,13 +701,32 @@ class Repository:
                 out[k] = data
         return chunks, out
 
+    def _open_run(self, pack_id: bytes, buf: memoryview, base: int, run: list[tuple[bytes, Location]]) -> memoryview:
+        """The zstd frames of a run of sealed chunks, each opened (authenticated) into one buffer, side by side."""
+        overhead = self.sealer.overhead
+        frames = self._opened(sum(loc.stored_len for _, loc in run) - overhead * len(run))
+        at = 0
+        for h, loc in run:
+            n = loc.stored_len - overhead
+            self.sealer.open_into(buf[loc.offset - base:loc.offset - base + loc.stored_len], h,
+                                  f"chunk {h.hex()} in pack {pack_id.hex()}", frames[at:at + n])
+            at += n
+        return frames
+
+    def _opened(self, nbytes: int) -> memoryview:
+        """nbytes of this thread's buffer for opened frames: kept and grown, never zeroed or faulted in twice."""
+        buf = getattr(self._opened_buf, "buf", None)
+        if buf is None or len(buf) < nbytes:
+            buf = self._opened_buf.buf = _buffer(max(nbytes, MMAP_BUFFER))
+        return buf[:nbytes]
+
     def _name_bad_frame(self, pack_id: bytes, buf: memoryview, base: int, run: list[tuple[bytes, Location]]) -> None:
         """After a run of frames failed to decode: decode them one by one, and raise IntegrityError
         naming the first that fails (returns when each decodes alone)."""
         for h, loc in run:
+            stored = self._unseal(h, buf[loc.offset - base:loc.offset - base + loc.stored_len], pack_id)
             try:
-                self.codec.decompress(loc.method, buf[loc.offset - base:loc.offset - base + loc.stored_len],
-                                      loc.raw_len, loc.itemsize)
+                self.codec.decompress(loc.method, stored, loc.raw_len, loc.itemsize)
             except IntegrityError as e:
                 raise IntegrityError(f"chunk {h.hex()} in pack {pack_id.hex()}: {e}") from e
 

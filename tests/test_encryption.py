@@ -300,3 +300,23 @@ def test_encrypted_repository_on_s3_two_machines(s3_server, s3_url, tmp_path):
     assert casstore.verify_without_key(s3_url, storage_options=opts, deep=True).ok
     with pytest.raises(casstore.AuthenticationError):
         casstore.open(s3_url, storage_options=opts, index_path=str(tmp_path / "c"), password="nope")
+
+
+def test_tampered_chunk_inside_a_run_of_sealed_chunks_is_named(tmp_path):
+    """A big blob's sealed chunks are opened side by side and decoded as one run; a flipped byte in
+    one of them still fails its own authentication, named with its chunk and pack."""
+    repo = tmp_path / "repo"
+    blob = " ".join(f"line {i} of a long tool result" for i in range(200_000)).encode()
+    with open_enc(repo, encrypt=True, cache_bytes=1 << 20) as s:   # a restore past the cache: decoded in place
+        info = s.snapshot({"blob": blob})
+        assert s.restore(info.id) == {"blob": blob}
+        locs = s._repo.index.locate([bytes.fromhex(h) for h in s.chunks(info.id)])
+    assert len(locs) > 3
+    victim, loc = sorted(locs.items(), key=lambda kv: kv[1].offset)[len(locs) // 2]
+    [pack] = [p for p in (repo / "packs").rglob("*") if p.is_file() and p.name == loc.pack.hex()]
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + loc.stored_len // 2] ^= 0x01
+    pack.write_bytes(bytes(data))
+    with open_enc(repo, cache_bytes=1 << 20) as s:
+        with pytest.raises(IntegrityError, match=f"chunk {victim.hex()} in pack {loc.pack.hex()}: .*authenticate"):
+            s.restore(info.id)
