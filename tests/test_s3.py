@@ -162,6 +162,24 @@ def test_one_message_step_makes_a_small_constant_number_of_requests(s3_proxy, s3
         assert len({c.get("PUT", 0) for c in steps}) == 1, steps  # constant, whatever the history length
 
 
+def test_a_cold_remote_restore_reads_a_fresh_tree_in_one_request(s3_proxy, s3_proxy_url, tmp_path):
+    """The root's read takes the bytes before it in its pack, where the levels below it lie:
+    the walk down the tree is one GET, not one per level."""
+    state = _big_chat(2 << 20)
+    with _open(s3_proxy_url, s3_proxy.storage_options, tmp_path / "idx") as store:
+        info = store.snapshot(state)
+        repo = store._repo
+        fields = repo.fields(bytes.fromhex(info.id))
+        assert fields["height"] >= 3
+        store.drop_caches()
+        s3_proxy.reset_counts()
+        entries = repo.entries(fields)
+        assert dict(s3_proxy.counts) == {"GET": 1}
+        assert len(entries) == fields["chunks"]
+        store.drop_caches()
+        assert deep_equal(store.restore(info.id), state)
+
+
 # ------------------------------------------------------------------ faults
 
 SECRET_KEY = "AKIAFAKEKEY0123456789"
