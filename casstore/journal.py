@@ -6,13 +6,16 @@ commit: most of a LangGraph checkpoint's time. Appending both objects to a
 file that already exists and fdatasyncing it is one commit, as SQLite's WAL
 does. So a local folder writes the pair to its journal first, then puts the
 two objects as ordinary files without syncing them, and makes those files
-durable in batches (every FLUSH_RECORDS records, FLUSH_BYTES bytes or
-FLUSH_AGE seconds, and on close), after which that journal is removed. Until
-then, the journal holds the only durable copy.
+durable in batches: a journal is retired after FLUSH_RECORDS records or
+FLUSH_BYTES bytes, at the first put once it is FLUSH_AGE seconds old, and on
+close; a thread of its own then syncs its files and removes it, while the
+next pair goes to a fresh journal. Until then, the journal holds the only
+durable copy.
 
-Layout: ``journal/<random hex>`` in the repository folder, one per open
-backend that wrote a pair, locked (flock) by its process while open. A file
-is a run of records (integers little-endian)::
+Layout: ``journal/<random hex>`` in the repository folder, at most two per
+open backend (the open one, and one being retired), each locked (flock) by
+its process until it is removed. A file is a run of records (integers
+little-endian)::
 
     4s magic b"CJ01" | I object count | I body length | 32s BLAKE3 of the body
     body: per object  H key length | H tombstone length | I data length | key | tombstone | data
@@ -201,7 +204,10 @@ def _sync_and_remove(root: str, fd: int, path: str, files: list[str], quiet: boo
                 raise OSError(err, f"syncfs: {os.strerror(err)}", root)
         else:
             for name in dict.fromkeys(files):
-                fsync_path(name)
+                try:
+                    fsync_path(name)
+                except FileNotFoundError:   # deleted since (a forgotten snapshot's manifest): nothing to keep
+                    pass
             for folder in dict.fromkeys(map(os.path.dirname, files)):
                 fsync_path(folder)
         os.unlink(path)

@@ -198,3 +198,25 @@ def test_a_journal_whose_files_fail_to_sync_is_kept_for_a_replay(tmp_path, monke
         monkeypatch.setattr(journal, "_SYNCFS", lambda fd: -1)
         b2.put_pair(("packs/ab/x", b"x"), ("manifests/cd/x", b"y"))
         b2.close()
+
+
+def test_an_old_journal_is_retired_at_the_next_put(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal, "FLUSH_AGE", 0.0)
+    repo = tmp_path / "repo"
+    b = Backend(str(repo))
+    b.put_pair(("packs/ab/one", b"1"), ("manifests/cd/one", b"m1"))
+    b._journal.retiring.join()
+    assert os.listdir(repo / journal.FOLDER) == []
+    assert b.get("packs/ab/one") == b"1"
+
+
+def test_a_manifest_deleted_before_its_batch_is_synced_is_no_failure(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(journal, "_SYNCFS", None)
+    repo = tmp_path / "repo"
+    b = Backend(str(repo))
+    b.put_pair(("packs/ab/one", b"1"), ("manifests/cd/one", b"m1"), tombstone="forgotten/one")
+    b.put("forgotten/one", b"")
+    b.delete("manifests/cd/one")
+    b.close()
+    assert "kept for the next open" not in caplog.text
+    assert os.listdir(repo / journal.FOLDER) == []
