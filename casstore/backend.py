@@ -4,8 +4,10 @@ A `Backend` knows keys ("config", "packs/ab/abcd…", "snapshots/12/12…") and 
 nothing else. It gives the layers above four guarantees:
 
 - put is atomic: a reader sees the whole object or nothing. Local folders get a
-  temp file + fsync + rename + directory fsync (durable when put returns); object
-  stores are atomic per object, so a remote put is a single request.
+  temp file + fsync + rename + directory fsync (durable when put returns), or,
+  for a small pack-and-manifest pair (put_pair), an append to a write-ahead
+  journal first (see journal.py); object stores are atomic per object, so a
+  remote put is a single request.
 - every failure is a `StorageError` naming the operation and the object URL, with
   credentials redacted and the cause chained; a missing object is an
   `ObjectNotFoundError`.

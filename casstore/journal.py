@@ -118,8 +118,15 @@ class Journal:
         """Make objects durable in the journal, then write each (in order) with write(key, data),
         which returns the file's path; retire the journal when a bound is reached."""
         with self.lock:
+            start = self.size
             self._append(objects)
-            self.pending.extend(write(key, data) for key, data, _ in objects)
+            try:
+                paths = [write(key, data) for key, data, _ in objects]
+            except BaseException:   # the pair fails: a replay must not bring it back
+                self.size = start
+                self._undo()
+                raise
+            self.pending.extend(paths)
             self.records += 1
             if self.records == 1:
                 self.oldest = time.monotonic()

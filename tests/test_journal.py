@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import casstore
+from casstore import backend as backend_module
 from casstore import journal
 from casstore.backend import Backend
 from casstore.errors import StorageError
@@ -220,3 +221,24 @@ def test_a_manifest_deleted_before_its_batch_is_synced_is_no_failure(tmp_path, m
     b.close()
     assert "kept for the next open" not in caplog.text
     assert os.listdir(repo / journal.FOLDER) == []
+
+
+def test_a_pair_whose_files_fail_is_cut_off_the_journal(tmp_path, monkeypatch):
+    """The caller is told the pair failed: no replay may bring its manifest back."""
+    monkeypatch.setattr(journal, "FLUSH_AGE", 1e9)
+    repo = tmp_path / "repo"
+    b = Backend(str(repo))
+    b.put_pair(("packs/ab/one", b"1"), ("manifests/cd/one", b"m1"))
+    real = backend_module._local_put
+
+    def local_put(path, data, *args, **kwargs):
+        if path.endswith("two"):
+            raise OSError(28, "No space left on device")
+        return real(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(backend_module, "_local_put", local_put)
+    with pytest.raises(StorageError, match="No space left"):
+        b.put_pair(("packs/ab/2", b"2"), ("manifests/cd/two", b"m2"))
+    monkeypatch.setattr(backend_module, "_local_put", real)
+    b.put_pair(("packs/ab/three", b"3"), ("manifests/cd/three", b"m3"))
+    assert [rec[1][0] for rec in journal_records(repo)] == ["manifests/cd/one", "manifests/cd/three"]
