@@ -227,10 +227,11 @@ def _sync_and_remove(root: str, fd: int, path: str, files: list[str], quiet: boo
 
 
 def orphans(root: str) -> Iterator[tuple[str, int]]:
-    """(path, locked fd) of each journal under root that no live process holds."""
+    """(path, locked fd) of each journal under root that no live process holds. Only files named
+    and begun as journals are: anything else in the folder is not casstore's to replay or remove."""
     folder = os.path.join(root, FOLDER)
     try:
-        names = sorted(os.listdir(folder))
+        names = sorted(n for n in os.listdir(folder) if _is_journal_name(n))
     except FileNotFoundError:
         return
     for name in names:
@@ -238,6 +239,9 @@ def orphans(root: str) -> Iterator[tuple[str, int]]:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:   # another process replayed it just now
+            continue
+        if os.pread(fd, len(MAGIC), 0) not in (b"", MAGIC):
+            os.close(fd)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -248,6 +252,10 @@ def orphans(root: str) -> Iterator[tuple[str, int]]:
             os.close(fd)
             continue
         yield path, fd
+
+
+def _is_journal_name(name: str) -> bool:
+    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
 
 
 def records(data: bytes) -> Iterator[list[tuple[str, memoryview, str | None]]]:

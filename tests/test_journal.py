@@ -242,3 +242,12 @@ def test_a_pair_whose_files_fail_is_cut_off_the_journal(tmp_path, monkeypatch):
     monkeypatch.setattr(backend_module, "_local_put", real)
     b.put_pair(("packs/ab/three", b"3"), ("manifests/cd/three", b"m3"))
     assert [rec[1][0] for rec in journal_records(repo)] == ["manifests/cd/one", "manifests/cd/three"]
+
+
+def test_files_that_are_not_journals_are_left_alone(tmp_path):
+    folder = tmp_path / "repo" / journal.FOLDER
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    (folder / ("a" * 32)).write_bytes(b"not a journal, though named like one")
+    Backend(str(tmp_path / "repo"))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["notes.txt", "a" * 32])
