@@ -153,7 +153,7 @@ class _Lane:
 
     def __init__(self, ctx: Context, name: str, factory: Callable[[Path], tuple[Any, Callable[[], None]]],
                  delta: bool) -> None:
-        self.name, self.factory, self.delta = name, factory, delta
+        self.name, self.factory = name, factory
         self.row: dict[str, Any] = {"kind": "result", "benchmark": "langgraph", "tool": name, "status": "ok"}
         self.dir = ctx.tool_dir("langgraph", name)
         self.times: list[float] = []
@@ -292,6 +292,8 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     for lane in lanes:
         if lane.ok:
             finish(lane, turns)
+        elif lane.saver is not None:   # failed during its turns or reads: still release its files
+            lane.close()
     rows = [lane.row for lane in lanes]
     by = {r["tool"]: r for r in rows}
     cas, sql, dlt = by["casstore"], by["SqliteSaver"], by.get("SqliteSaver+DeltaChannel", {})
