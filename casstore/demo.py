@@ -100,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  median snapshot {times[len(times) // 2] * 1e3:.1f} ms;  first step restored exactly; "
               f"verify: {'ok' if report.ok else report.errors}")
     print("\nThe same repository from the shell:  casstore --repo", url, "ls | stats | verify | show ID")
-    cli = shutil.which("casstore")
-    cmd = [cli] if cli else [sys.executable, "-m", "casstore_cli.main"]
-    subprocess.run([*cmd, "--repo", url, "stats"], check=False)
+    # this interpreter's CLI: a `casstore` found first on PATH may belong to another installation
+    subprocess.run([sys.executable, "-m", "casstore_cli.main", "--repo", url, "stats"], check=False)
     return 0 if report.ok else 1
 
 
