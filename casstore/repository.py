@@ -721,9 +721,9 @@ class Repository:
                 stored_end = group[j - 1][1].offset + group[j - 1][1].stored_len
                 dst_end = at[group[j - 1][0]][0] + group[j - 1][1].raw_len
                 try:
-                    frames = (self._open_run(pack_id, buf, base, group[i:j]) if sealed
-                              else buf[loc.offset - base:stored_end - base])
-                    self.codec.inflate_into(loc.method, frames, dst[place[0]:dst_end], loc.itemsize, loc.raw_len)
+                    run = (self._open_run(pack_id, buf, base, group[i:j]) if sealed
+                           else buf[loc.offset - base:stored_end - base])
+                    self.codec.inflate_into(loc.method, run, dst[place[0]:dst_end], loc.itemsize, loc.raw_len)
                 except IntegrityError as e:
                     self._name_bad_frame(pack_id, buf, base, group[i:j])
                     raise IntegrityError(f"chunk {h.hex()} (or one of the {j - i - 1} after it) in pack "

@@ -82,6 +82,19 @@ def test_small_restore_with_repeated_chunks_matches(store):
     assert deep_equal(store.restore(info.id), state)   # warm: placed chunks copied from the cache
 
 
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_big_restore_mixing_runs_and_repeated_chunks_matches(tmp_path, encrypt):
+    """Past the cache, chunks that land once are decoded in runs straight into place, and
+    repeated ones into their own buffers: one read can hold both kinds."""
+    text = " ".join(f"line {i} of a long tool result" for i in range(100_000)).encode()
+    state = {"a": text, "b": text, "c": os.urandom(1 << 20), "d": [text[:5000]] * 3, "e": text + b"x"}
+    kw = {"password": "pw", "encrypt": True, "index_path": str(tmp_path / "index")} if encrypt else {}
+    with casstore.open(str(tmp_path / "repo"), cache_bytes=1 << 20, **kw) as s:
+        info = s.snapshot(state)
+        s.drop_caches()
+        assert s.restore(info.id) == state
+
+
 def test_damaged_raw_chunk_in_a_small_restore_is_named(store, repo_dir):
     state = {"blob": os.urandom(200_000), "chat": chat_state(5)}
     info = store.snapshot(state)
