@@ -157,11 +157,14 @@ class AeadSealer(Sealer):
         self._aead = _aead(key, cipher)
         self._invalid = InvalidTag
 
-    def seal(self, data: bytes | memoryview, ad: bytes) -> bytearray:
+    def seal(self, data: bytes | memoryview, ad: bytes) -> bytearray | bytes:
+        nonce = os.urandom(NONCE)
+        if not hasattr(self._aead, "encrypt_into"):   # cryptography before the *_into methods
+            return nonce + self._aead.encrypt(nonce, bytes(data), ad)
         out = bytearray(NONCE + len(data) + TAG)   # sealed in place: no copy to prepend the nonce
         view = memoryview(out)
-        view[:NONCE] = os.urandom(NONCE)
-        self._aead.encrypt_into(bytes(view[:NONCE]), data, ad, view[NONCE:])
+        view[:NONCE] = nonce
+        self._aead.encrypt_into(nonce, data, ad, view[NONCE:])
         return out
 
     def open(self, data: bytes | memoryview, ad: bytes, what: str) -> bytes:
@@ -178,7 +181,10 @@ class AeadSealer(Sealer):
             raise IntegrityError(f"{what}: sealed object of {len(data)} bytes does not open into {len(out)} bytes")
         view = memoryview(data)
         try:
-            self._aead.decrypt_into(bytes(view[:NONCE]), view[NONCE:], ad, out)
+            if hasattr(self._aead, "decrypt_into"):
+                self._aead.decrypt_into(bytes(view[:NONCE]), view[NONCE:], ad, out)
+            else:   # cryptography before the *_into methods
+                out[:] = self._aead.decrypt(bytes(view[:NONCE]), bytes(view[NONCE:]), ad)
         except self._invalid:
             raise IntegrityError(f"{what}: ciphertext does not authenticate (tampered, or sealed with another key)") from None
 

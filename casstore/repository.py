@@ -758,10 +758,13 @@ class Repository:
         return frames
 
     def _opened(self, nbytes: int) -> memoryview:
-        """nbytes of this thread's buffer for opened frames: kept and grown, never zeroed or faulted in twice."""
+        """nbytes for opened frames: this thread's MMAP_BUFFER bytes, kept so they are faulted in once
+        (a local run is at most LOCAL_MAX_READ, the same size); a bigger remote run's are its own."""
+        if nbytes > MMAP_BUFFER:
+            return _buffer(nbytes)
         buf = getattr(self._opened_buf, "buf", None)
-        if buf is None or len(buf) < nbytes:
-            buf = self._opened_buf.buf = _buffer(max(nbytes, MMAP_BUFFER))
+        if buf is None:
+            buf = self._opened_buf.buf = _buffer(MMAP_BUFFER)
         return buf[:nbytes]
 
     def _name_bad_frame(self, pack_id: bytes, buf: memoryview, base: int, run: list[tuple[bytes, Location]]) -> None:

@@ -320,3 +320,25 @@ def test_tampered_chunk_inside_a_run_of_sealed_chunks_is_named(tmp_path):
     with open_enc(repo, cache_bytes=1 << 20) as s:
         with pytest.raises(IntegrityError, match=f"chunk {victim.hex()} in pack {loc.pack.hex()}: .*authenticate"):
             s.restore(info.id)
+
+
+def test_sealing_works_without_the_into_methods_of_older_cryptography(tmp_path, monkeypatch):
+    """cryptography before encrypt_into/decrypt_into (the floor in pyproject is older): same bytes
+    format, so either side reads what the other sealed."""
+    from casstore import crypto
+    sealer = crypto.AeadSealer(os.urandom(32), crypto.AES_GCM)
+    modern = sealer.seal(b"payload" * 100, b"ad")
+
+    class Old:   # only encrypt/decrypt, as before the *_into methods
+        def __init__(self, aead):
+            self.encrypt, self.decrypt = aead.encrypt, aead.decrypt
+
+    monkeypatch.setattr(sealer, "_aead", Old(sealer._aead))
+    old = sealer.seal(b"payload" * 100, b"ad")
+    for sealed in (modern, old):
+        assert sealer.open(sealed, b"ad", "x") == b"payload" * 100
+        out = memoryview(bytearray(len(sealed) - crypto.OVERHEAD))
+        sealer.open_into(sealed, b"ad", "x", out)
+        assert bytes(out) == b"payload" * 100
+    with pytest.raises(IntegrityError, match="does not authenticate"):
+        sealer.open_into(bytes(old[:-1]) + bytes([old[-1] ^ 1]), b"ad", "x", memoryview(bytearray(700)))
