@@ -95,8 +95,10 @@ class Journal:
 
     A journal whose bound is reached is retired on a thread of its own: its
     files are synced, then it is removed, while the next pair already goes to a
-    fresh journal. So a flush never stalls a snapshot, even where syncfs must
-    also write back other programs' data on the same filesystem.
+    fresh journal. So a flush stalls no snapshot, even where syncfs must also
+    write back other programs' data on the same filesystem, unless it still runs
+    when the next journal is full (one retirement at a time bounds the files
+    waiting for their sync).
     """
 
     def __init__(self, root: str, write_all: Callable[[int, list[Piece]], None]) -> None:
