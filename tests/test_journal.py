@@ -151,21 +151,6 @@ def test_a_snapshot_deleted_before_the_crash_stays_deleted(tmp_path):
         assert store.restore(ids[2]) == expected_states(3)[2]
 
 
-def test_a_failed_append_is_cut_off_so_later_records_replay(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal, "FLUSH_AGE", 1e9)
-    repo = tmp_path / "repo"
-    b = Backend(str(repo))
-    b.put_pair(("packs/ab/one", b"1"), ("manifests/cd/one", b"m1"))
-    real = os.fdatasync
-    monkeypatch.setattr(journal.os, "fdatasync", lambda fd: (_ for _ in ()).throw(OSError(5, "I/O error")))
-    with pytest.raises(StorageError, match="put .*packs/ab/two.*I/O error"):
-        b.put_pair(("packs/ab/two", b"2"), ("manifests/cd/two", b"m2"))
-    monkeypatch.setattr(journal.os, "fdatasync", real)
-    assert not b.exists("packs/ab/two")
-    b.put_pair(("packs/ab/three", b"3"), ("manifests/cd/three", b"m3"))
-    assert [rec[0][0] for rec in journal_records(repo)] == ["packs/ab/one", "packs/ab/three"]
-
-
 def test_without_syncfs_a_flush_fsyncs_each_file_and_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(journal, "_SYNCFS", None)
     synced: list[str] = []
@@ -223,25 +208,38 @@ def test_a_manifest_deleted_before_its_batch_is_synced_is_no_failure(tmp_path, m
     assert os.listdir(repo / journal.FOLDER) == []
 
 
-def test_a_pair_whose_files_fail_is_cut_off_the_journal(tmp_path, monkeypatch):
-    """The caller is told the pair failed: no replay may bring its manifest back."""
+def _fail_the_append(m: pytest.MonkeyPatch) -> None:
+    m.setattr(journal.os, "fdatasync", lambda fd: (_ for _ in ()).throw(OSError(5, "I/O error")))
+
+
+def _fail_the_manifest_file(m: pytest.MonkeyPatch) -> None:
+    real = backend_module._local_put
+
+    def local_put(path, data, *args, **kwargs):
+        if "manifests" in path:
+            raise OSError(28, "No space left on device")
+        return real(path, data, *args, **kwargs)
+
+    m.setattr(backend_module, "_local_put", local_put)
+
+
+@pytest.mark.parametrize("fail, error, pack_written", [(_fail_the_append, "I/O error", False),
+                                                       (_fail_the_manifest_file, "No space left", True)])
+def test_a_failed_pair_is_cut_off_the_journal(tmp_path, monkeypatch, fail, error, pack_written):
+    """Whether its append or its files fail, the caller is told the pair failed: its record goes,
+    so no replay brings it back, and the records after it stay reachable."""
     monkeypatch.setattr(journal, "FLUSH_AGE", 1e9)
     repo = tmp_path / "repo"
     b = Backend(str(repo))
     b.put_pair(("packs/ab/one", b"1"), ("manifests/cd/one", b"m1"))
-    real = backend_module._local_put
-
-    def local_put(path, data, *args, **kwargs):
-        if path.endswith("two"):
-            raise OSError(28, "No space left on device")
-        return real(path, data, *args, **kwargs)
-
-    monkeypatch.setattr(backend_module, "_local_put", local_put)
-    with pytest.raises(StorageError, match="No space left"):
-        b.put_pair(("packs/ab/2", b"2"), ("manifests/cd/two", b"m2"))
-    monkeypatch.setattr(backend_module, "_local_put", real)
+    with monkeypatch.context() as m:
+        fail(m)
+        with pytest.raises(StorageError, match=f"put .*packs/ab/two.*{error}"):
+            b.put_pair(("packs/ab/two", b"2"), ("manifests/cd/two", b"m2"))
+    assert b.exists("packs/ab/two") is pack_written   # a pack put before its manifest failed is an orphan
     b.put_pair(("packs/ab/three", b"3"), ("manifests/cd/three", b"m3"))
-    assert [rec[1][0] for rec in journal_records(repo)] == ["manifests/cd/one", "manifests/cd/three"]
+    assert [[key for key, _, _ in rec] for rec in journal_records(repo)] == [
+        ["packs/ab/one", "manifests/cd/one"], ["packs/ab/three", "manifests/cd/three"]]
 
 
 def test_files_that_are_not_journals_are_left_alone(tmp_path):
