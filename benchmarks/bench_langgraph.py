@@ -214,9 +214,12 @@ def time_reads(lanes: list[_Lane]) -> None:
             lane.old = {"configurable": {"thread_id": "long", "checkpoint_ns": "", "checkpoint_id": old_id}}
         except Exception as exc:  # noqa: BLE001 - a failing saver is reported, the others carry on
             lane.fail(exc)
+    def list_history(lane: _Lane) -> None:
+        lane.row["history_len"] = len(list(lane.saver.list(LONG)))
+
     reads = (("load_latest_s", lambda lane: lane.saver.get_tuple(LONG), 5),
              ("load_old_s", lambda lane: lane.saver.get_tuple(lane.old), 5),
-             ("list_history_s", lambda lane: lane.row.__setitem__("history_len", len(list(lane.saver.list(LONG)))), 2))
+             ("list_history_s", list_history, 2))
     for key, read, reps in reads:
         for rep in range(reps):
             live = [lane for lane in lanes if lane.ok]
