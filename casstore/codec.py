@@ -51,6 +51,7 @@ from .errors import SerializationError
 from .utf8view import utf8
 
 BIG_LEAF = 64 * 1024  # leaves at least this large become their own blobs
+DIRECT_STR = 1 << 20  # ASCII string blobs at least this large are listed for restore straight into a str
 MEDIUM_LEAF = 1024  # str/bytes at least this large, outside lists, become blobs chunked like the structure
 LIST_STREAM = 1024  # lists (outside lists) whose items encode to at least this many bytes get their own stream
 TINY_ITEM, TINY_SAMPLE = 64, 64  # a list whose first TINY_SAMPLE items pack to < TINY_ITEM bytes each on average
@@ -91,6 +92,7 @@ class Blob:
     itemsize: int = 0  # for the byte-shuffle filter; 0 = not numeric
     small_chunks: bool = False  # structure-like data (a medium string): cut into small chunks
     item_ends: list[int] | None = None  # a list stream: where each packed item ends, for chunk cuts
+    ascii: bool = False  # an ASCII str of at least DIRECT_STR bytes: its restore may fill a new str in place
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,21 @@ def encode(state: Any, *, allow_pickle: bool = False, big_leaf: int = BIG_LEAF) 
         raise SerializationError(f"state cannot be encoded: {e}") from e
 
 
-def decode(structure: bytes | memoryview, blob_region: memoryview | None = None, *, allow_pickle: bool = False) -> Any:
-    """Rebuild the state; blob_region holds the blobs' bytes in encode order."""
+def ascii_spans(blobs: list[Blob]) -> list[list[int]]:
+    """[offset, length] in the blob region of each blob marked ascii, in order."""
+    starts = accumulate((b.data.nbytes for b in blobs), initial=0)
+    return [[at, b.data.nbytes] for at, b in zip(starts, blobs) if b.ascii]
+
+
+def decode(structure: bytes | memoryview, blob_region: memoryview | None = None, *, allow_pickle: bool = False,
+           strings: dict[int, str] | None = None) -> Any:
+    """Rebuild the state; blob_region holds the blobs' bytes in encode order. strings maps
+    region offsets to string blobs restored already (their bytes in the region are not read)."""
     region = blob_region if blob_region is not None else memoryview(b"")
+    made = strings or {}
 
     def hook(code: int, data: bytes) -> Any:
-        return _decode_ext(code, data, region, hook, allow_pickle)
+        return _decode_ext(code, data, region, hook, allow_pickle, made)
 
     try:
         return msgpack.unpackb(structure, ext_hook=hook, raw=False, strict_map_key=False, use_list=True)
@@ -298,7 +309,8 @@ class _Encoder:
         if view is None:
             view = utf8(obj) if kind == BLOB_STR else memoryview(obj).cast("B")
         ref = self.ext(EXT_BLOB, [self.region, view.nbytes, kind, meta])
-        self.blobs.append(Blob(view, row_bytes, itemsize, small_chunks=view.nbytes < self.big_leaf))
+        self.blobs.append(Blob(view, row_bytes, itemsize, small_chunks=view.nbytes < self.big_leaf,
+                               ascii=kind == BLOB_STR and view.nbytes >= DIRECT_STR and obj.isascii()))
         self.region += view.nbytes
         self.seen_blobs[id(obj)] = (obj, ref)
         return ref
@@ -370,7 +382,8 @@ class _Encoder:
             f"(or pass allow_pickle=True)")
 
 
-def _decode_ext(code: int, data: bytes, region: memoryview, hook: Callable, allow_pickle: bool) -> Any:
+def _decode_ext(code: int, data: bytes, region: memoryview, hook: Callable, allow_pickle: bool,
+                made: dict[int, str]) -> Any:
     def inner() -> Any:
         return msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False, use_list=True)
 
@@ -381,7 +394,7 @@ def _decode_ext(code: int, data: bytes, region: memoryview, hook: Callable, allo
     if code == EXT_FROZENSET:
         return frozenset(inner())
     if code == EXT_BLOB:
-        return _decode_blob(inner(), region)
+        return _decode_blob(inner(), region, made)
     if code == EXT_LIST:
         return _decode_list(inner(), region, hook)
     if code == EXT_ARRAY:
@@ -420,10 +433,12 @@ def _decode_ext(code: int, data: bytes, region: memoryview, hook: Callable, allo
     raise SerializationError(f"stored state holds unknown extension type {code}")
 
 
-def _decode_blob(ref: list, region: memoryview) -> Any:
+def _decode_blob(ref: list, region: memoryview, made: dict[int, str]) -> Any:
     offset, nbytes, kind, meta = ref
     if offset < 0 or nbytes < 0 or offset + nbytes > len(region):
         raise SerializationError(f"blob reference [{offset}, +{nbytes}) lies outside the {len(region)}-byte blob region")
+    if kind == BLOB_STR and offset in made and len(made[offset]) == nbytes:
+        return made[offset]
     view = region[offset:offset + nbytes]
     if kind == BLOB_ARRAY:
         dtype, shape = meta

@@ -13,7 +13,10 @@ follow it, or precede it when tail is true), chunks (data chunks), new_chunks,
 stored (new bytes written), tail (optional, default false; true: the
 structure stream comes last. State snapshots are written that way, so that a
 step that grows a list and changes the structure rewrites one path of the
-chunk tree, not two; snapshots written without it still read).
+chunk tree, not two; snapshots written without it still read), ascii
+(optional: [offset, length] in the blob region of each ASCII string of at
+least 1 MiB, which a restore decodes straight into a new str; see
+store.restore).
 
 Stored form: in a repository of format 2 (config.py) the manifest object
 holds the msgpack bytes compressed by zstd primed with PRIMER, a fixed
@@ -116,4 +119,19 @@ def decode(data: bytes, snap_id: bytes | None = None, digest: Callable[[bytes], 
         raise IntegrityError(f"snapshot {name}: manifest field 'tail' is not a bool")
     if not 0 <= fields["struct"] <= fields["raw"]:
         raise IntegrityError(f"snapshot {name}: structure length {fields['struct']} exceeds raw size {fields['raw']}")
+    if "ascii" in fields and not _spans_fit(fields["ascii"], fields["raw"] - fields["struct"]):
+        raise IntegrityError(f"snapshot {name}: manifest field 'ascii' is not a list of ordered, disjoint "
+                             f"[offset, length] spans inside the {fields['raw'] - fields['struct']}-byte blob region")
     return fields
+
+
+def _spans_fit(spans: object, region: int) -> bool:
+    if not isinstance(spans, list):
+        return False
+    end = 0
+    for span in spans:
+        if not (isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)
+                and end <= span[0] and span[1] > 0 and span[0] + span[1] <= region):
+            return False
+        end = span[0] + span[1]
+    return True

@@ -119,13 +119,40 @@ Windows = dict[bytes, list[tuple[int, memoryview]]]  # pack id -> (start, bytes)
 
 
 class Places(NamedTuple):
-    """Where the chunks of a read that land whole go: hash -> (offset in buf, size the chunk tree gives)."""
+    """Where the chunks of a read that land whole go: hash -> (offset in buf, size the chunk tree gives).
+    cuts: offsets where buf's memory changes (see _Dest), which no run of chunks decoded at once crosses."""
 
-    buf: memoryview
+    buf: "memoryview | _Dest"
     at: dict[bytes, tuple[int, int]]
+    cuts: frozenset[int] = frozenset()
 
 
 NO_PLACES = Places(memoryview(b""), {})
+
+
+class _Dest:
+    """A read's destination: the read's own buffer, but for spans that go to buffers of their own
+    (see Repository.read's into). Sliced like the buffer; a slice must not straddle a span's edge."""
+
+    def __init__(self, view: memoryview, into: dict[int, memoryview]):
+        self.view = view
+        self.starts = sorted(into)
+        self.bufs = [into[s] for s in self.starts]
+        self.cuts = frozenset(self.starts) | {s + len(b) for s, b in zip(self.starts, self.bufs)}
+
+    def __getitem__(self, part: slice) -> memoryview:
+        lo, hi = part.start, part.stop
+        i = bisect_right(self.starts, lo) - 1
+        if i >= 0 and lo < self.starts[i] + len(self.bufs[i]):
+            if hi > self.starts[i] + len(self.bufs[i]):
+                raise IntegrityError(f"bytes [{lo}, {hi}) straddle the end of the string at {self.starts[i]}")
+            return self.bufs[i][lo - self.starts[i]:hi - self.starts[i]]
+        if i + 1 < len(self.starts) and hi > self.starts[i + 1]:
+            raise IntegrityError(f"bytes [{lo}, {hi}) straddle the start of the string at {self.starts[i + 1]}")
+        return self.view[lo:hi]
+
+    def __setitem__(self, part: slice, data: bytes | memoryview) -> None:
+        self[part][:] = data
 
 
 class ReuseError(Exception):
@@ -314,8 +341,10 @@ class Repository:
 
     # write path ---------------------------------------------------------
     def write(self, kind: str, streams: list[Stream], *, agent_id: str, session_id: str,
-              description: str | None, metadata: dict | None, structure_last: bool = False) -> tuple[bytes, dict]:
-        """Store one snapshot made of streams; return (id, manifest fields).
+              description: str | None, metadata: dict | None, structure_last: bool = False,
+              extra: dict | None = None) -> tuple[bytes, dict]:
+        """Store one snapshot made of streams; return (id, manifest fields). extra holds
+        more manifest fields, for the layer above (a state's "ascii" spans, see store.restore).
 
         The structure stream (never reused) is the first stream, or the last one
         with structure_last (recorded as the manifest field "tail"): a state's
@@ -330,7 +359,7 @@ class Repository:
             try:
                 with gcpause.paused(sum(s.data.nbytes for s in streams if s.data is not None)):
                     snap_id, fields, levels = self._write(kind, streams, lineage, description, metadata,
-                                                          structure_last)
+                                                          structure_last, extra or {})
             except BaseException:  # what this write chunked or built may not be stored: reuse none of it
                 self.memo.forget(lineage)
                 self._trees.pop(lineage, None)
@@ -342,7 +371,7 @@ class Repository:
             return snap_id, fields
 
     def _write(self, kind: str, streams: list[Stream], lineage: tuple[str, str], description: str | None,
-               metadata: dict | None, structure_last: bool) -> tuple[bytes, dict, list[tree.Level]]:
+               metadata: dict | None, structure_last: bool, extra: dict) -> tuple[bytes, dict, list[tree.Level]]:
         """write() under the lock: (snapshot id, manifest fields, the levels of the tree it built)."""
         self._refresh_marks(max_age=self.config.gc_grace / 2)
         checked = time.monotonic()
@@ -367,6 +396,7 @@ class Repository:
         }
         if structure_last:
             fields["tail"] = True
+        fields.update(extra)
         snap_id, data = manifest.encode(fields, self.hasher)
         stored_manifest = (manifest_key(snap_id), self.seal_manifest(snap_id, data))
         if new.deferred is not None:   # a small snapshot's only pack: both objects in one ordered pair
@@ -549,8 +579,13 @@ class Repository:
                                  lambda hashes: self.fetch_nodes(hashes, windows=windows))
 
     def read(self, fields: dict, start: int = 0, end: int | None = None,
-             entries: list[tree.Entry] | None = None) -> memoryview:
+             entries: list[tree.Entry] | None = None, into: dict[int, memoryview] | None = None) -> memoryview:
         """The snapshot's logical bytes [start, end): structure stream, then blobs.
+
+        into maps offsets (from start) to buffers that take the bytes from there
+        on instead of the returned view, whose bytes there are left unset: a
+        restore's big strings decode straight into their str (see store.restore).
+        Each such span must begin and end on chunk edges, as a stream's do.
 
         Chunks come from the cache when it holds them. A read small enough for
         the cache (see cache.py) fills it with the decoder's output and copies
@@ -566,12 +601,13 @@ class Repository:
         """
         end = fields["raw"] if end is None else end
         view = _buffer(end - start)
+        dest: memoryview | _Dest = _Dest(view, into) if into else view
         entries = self.entries(fields) if entries is None else entries
         at, spans, sizes = _layout(entries, start, end)
         got = self.cache.get_many(sizes)
         todo = [h for h in sizes if h not in got]
         if todo and sum(sizes[h] for h in todo) > self.cache.admit_limit:
-            self._load(todo, got.__setitem__, Places(view, at))
+            self._load(todo, got.__setitem__, Places(dest, at, dest.cuts if into else frozenset()))
             at = {h: p for h, p in at.items() if h in got}   # the cached ones: _load placed the others
         elif todo:   # the decoder's fresh bytes go to the cache as they are, then one copy into place
             fresh: dict[bytes, bytes | memoryview] = {}
@@ -582,12 +618,12 @@ class Repository:
             data = got[h]
             if len(data) != n:
                 raise IntegrityError(f"chunk {h.hex()} holds {len(data)} bytes; the chunk tree says {n}")
-            view[dst:dst + n] = data
+            dest[dst:dst + n] = data
         for h, dst, a, b in spans:
             data = got[h]
             if len(data) != sizes[h]:
                 raise IntegrityError(f"chunk {h.hex()} holds {len(data)} bytes; the chunk tree says {sizes[h]}")
-            view[dst:dst + b - a] = data[a:b]
+            dest[dst:dst + b - a] = data[a:b]
         return view
 
     def _load(self, hashes: list[bytes], sink: Sink, places: Places | None = None,
@@ -706,7 +742,7 @@ class Repository:
                     continue
                 if place is not None and place[1] != loc.raw_len:
                     raise IntegrityError(f"chunk {h.hex()} holds {loc.raw_len} bytes; the chunk tree says {place[1]}")
-                j = _run_end(group, i, at) if place is not None and loc.method in (ZSTD, ZSTD_SHUFFLE) else i + 1
+                j = _run_end(group, i, at, places.cuts) if place is not None and loc.method in (ZSTD, ZSTD_SHUFFLE) else i + 1
                 if j == i + 1:   # one chunk: one decompress call costs less than a stream reader
                     stored = self._unseal(h, buf[loc.offset - base:loc.offset - base + loc.stored_len], pack_id)
                     try:
@@ -959,15 +995,16 @@ def _finish(futures: list[Future]) -> None:
         f.result()
 
 
-def _run_end(group: list[tuple[bytes, Location]], i: int, at: dict[bytes, tuple[int, int]]) -> int:
+def _run_end(group: list[tuple[bytes, Location]], i: int, at: dict[bytes, tuple[int, int]],
+             cuts: frozenset[int]) -> int:
     """The end of the run starting at group[i]: chunks stored back to back with one method, placed
-    back to back in the buffer (and, shuffled, of one size and item size), so one zstd stream
-    decodes them all into place."""
+    back to back in the buffer's memory (not across cuts; and, shuffled, of one size and item
+    size), so one zstd stream decodes them all into place."""
     loc = group[i][1]
     j, stored_end, dst_end = i + 1, loc.offset + loc.stored_len, at[group[i][0]][0] + loc.raw_len
     while j < len(group):
         hj, lj = group[j]
-        if (lj.offset != stored_end or lj.method != loc.method or at.get(hj) != (dst_end, lj.raw_len)
+        if (lj.offset != stored_end or lj.method != loc.method or at.get(hj) != (dst_end, lj.raw_len) or dst_end in cuts
                 or loc.method == ZSTD_SHUFFLE and (lj.raw_len, lj.itemsize) != (loc.raw_len, loc.itemsize)):
             break
         stored_end += lj.stored_len

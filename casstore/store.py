@@ -6,6 +6,7 @@ import datetime as _dt
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from . import codec, retention, tree
@@ -19,6 +20,7 @@ from .errors import ChunkNotFoundError, ConfigurationError, IntegrityError, Snap
 from .config import RepoConfig
 from .repository import Repository, Stream
 from .tree import Proof
+from .utf8view import is_ascii, new_ascii
 from .verify import VerifyReport
 from .verify import verify as verify_repo
 from . import observability as _obs
@@ -114,8 +116,10 @@ class Store:
         streams = [Stream(b.data, b.row_bytes, b.itemsize, structure=b.small_chunks, item_ends=b.item_ends)
                    for b in blobs]
         streams.append(Stream(memoryview(structure), structure=True))
+        spans = codec.ascii_spans(blobs)
         snap_id, fields = self._repo.write("state", streams, agent_id=agent_id, session_id=session_id,
-                                           description=description, metadata=metadata, structure_last=True)
+                                           description=description, metadata=metadata, structure_last=True,
+                                           extra={"ascii": spans} if spans else None)
         info = SnapshotInfo.from_fields(snap_id, fields)
         _log_op("snapshot", info, started)
         return info
@@ -150,13 +154,21 @@ class Store:
         if fields["kind"] != "state":
             raise ConfigurationError(f"snapshot {snap_id.hex()} is a directory snapshot; use restore_dir")
         try:
-            data = self._repo.read(fields)
+            entries = self._repo.entries(fields)
+            strings = _new_strings(fields.get("ascii") or [], entries) if fields.get("tail") else {}
+            view = memoryview(self._repo.read(fields, entries=entries,
+                                              into={at: buf for at, (_, buf) in strings.items()}))
         except IntegrityError as e:
             raise IntegrityError(f"snapshot {snap_id.hex()}: {e}") from e
-        view = memoryview(data)
         if fields.get("tail"):  # the structure stream is stored after the blobs
             split = fields["raw"] - fields["struct"]
-            state = codec.decode(view[split:], view[:split], allow_pickle=allow_pickle)
+            made = {}
+            for at, (s, buf) in strings.items():
+                if is_ascii(buf):
+                    made[at] = s
+                else:   # not what the manifest says: decoded from the view like any string blob
+                    view[at:at + len(buf)] = buf
+            state = codec.decode(view[split:], view[:split], allow_pickle=allow_pickle, strings=made)
         else:
             state = codec.decode(view[:fields["struct"]], view[fields["struct"]:], allow_pickle=allow_pickle)
         _log_op("restore", SnapshotInfo.from_fields(snap_id, fields), started)
@@ -369,6 +381,23 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
         raise ConfigurationError(f"repository {repo.backend.url} is not encrypted; "
                                  f"{'it existed before this call' if encrypt else 'it takes no password'}")
     return Store(repo)
+
+
+def _new_strings(spans: list[list[int]], entries: list[tree.Entry]) -> dict[int, tuple[str, memoryview]]:
+    """For each [offset, length] of a big ASCII string a manifest lists, a new str of that length
+    and its bytes, to restore into (store.restore checks them before use). A span that does not
+    begin and end on chunk edges is left to the usual decode, and so is every span where
+    CPython's API is missing."""
+    edges = set(accumulate((n for _, n in entries), initial=0)) if spans else set()
+    out = {}
+    for at, n in spans:
+        if at not in edges or at + n not in edges:
+            continue
+        made = new_ascii(n)
+        if made is None:
+            return {}
+        out[at] = made
+    return out
 
 
 def _password_bytes(password: str | bytes) -> bytes:
