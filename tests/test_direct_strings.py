@@ -53,11 +53,13 @@ def spy(monkeypatch):
     return made
 
 
-@pytest.mark.parametrize("cache_bytes", [0, 256 * MiB])   # straight into place, or through the cache
-def test_big_ascii_strings_restore_into_new_strs(tmp_path, monkeypatch, spy, cache_bytes):
+@pytest.mark.parametrize("cache_bytes,encrypt", [(0, False), (256 * MiB, False), (0, True)])
+def test_big_ascii_strings_restore_into_new_strs(tmp_path, monkeypatch, spy, cache_bytes, encrypt):
+    """Straight into place (sealed runs too), or copied from the cache into the new strs."""
     monkeypatch.setattr(codec, "DIRECT_STR", 64_000)           # the list stream's 70 kB items qualify too
     state = _state()
-    with casstore.open(str(tmp_path / "repo"), cache_bytes=cache_bytes) as s:
+    kw = {"password": "pw", "encrypt": True, "index_path": str(tmp_path / "index")} if encrypt else {}
+    with casstore.open(str(tmp_path / "repo"), cache_bytes=cache_bytes, **kw) as s:
         info = s.snapshot(state)
         spans = s._repo.fields(bytes.fromhex(info.id))["ascii"]
         assert sorted(n for _, n in spans) == sorted([2 * MiB, MiB + 17, MiB - 1] + [70_000] * 80)
