@@ -11,8 +11,10 @@ import msgpack
 from .chunker import BLOB_CDC, STRUCTURE_CDC, CDCParams
 from .errors import ConfigurationError
 
-FORMAT_VERSION = 2   # 2: manifests primed-zstd (manifest.pack), tree nodes narrowed (tree.narrow_node); 1: neither
-READ_FORMATS = (1, 2)
+# 3: shuffled numeric blocks stored plane by plane (compress.ZSTD_PLANES); 2: manifests primed-zstd
+# (manifest.pack), tree nodes narrowed (tree.narrow_node); 1: none of these
+FORMAT_VERSION = 3
+READ_FORMATS = (1, 2, 3)
 DEFAULT_REPO = ".casstore"
 ENV_REPO = "CASSTORE_REPO"
 ENCRYPTIONS = ("aes-256-gcm", "chacha20-poly1305")   # AEADs of encrypted repositories (crypto.py); None: unencrypted

@@ -9,8 +9,9 @@ Layout (all integers little-endian)::
                             0   32s  hash       BLAKE3 of the chunk's raw bytes
                             32  B    kind       0 data chunk, 1 tree node
                             33  B    method     0 raw, 1 zstd, 2 zstd + byte shuffle,
-                                                3 tree node with narrowed sizes (tree.narrow_node)
-                            34  H    itemsize   shuffle width (0 unless method 2)
+                                                3 tree node with narrowed sizes (tree.narrow_node),
+                                                4 zstd + byte shuffle, plane by plane (compress.py)
+                            34  H    itemsize   shuffle width (0 unless method 2 or 4)
                             36  I    offset     start of the stored bytes
                             40  I    stored_len
                             44  I    raw_len

@@ -42,7 +42,7 @@ from .backend import Backend
 from .cache import DEFAULT_CACHE_BYTES, ChunkCache
 from .chunker import Chunker
 from .chunker.memo import MAX_LINEAGES, Known, StreamMemo
-from .compress import NARROW_NODE, ZSTD, ZSTD_SHUFFLE, Codec
+from .compress import NARROW_NODE, SHUFFLED, ZSTD, Codec
 from .config import RepoConfig, cache_dir
 from .errors import AuthenticationError, ConfigurationError, IntegrityError, ObjectNotFoundError, SnapshotNotFoundError
 from .index import Index, Location
@@ -520,11 +520,13 @@ class Repository:
 
     def _compress(self, jobs: list[tuple[bytes, memoryview, int, int]]) -> list[tuple]:
         """(hash, kind, method, itemsize, stored bytes, raw length) per job: zstd (tree nodes of a
-        format-2 repository: their compact form), then sealed if encrypted."""
+        format-2 repository: their compact form; shuffled blocks of a format-3 one: plane by plane),
+        then sealed if encrypted."""
         narrow = [tree.narrow_node(view) if kind == KIND_NODE and self.config.format >= 2 else None
                   for _, view, _, kind in jobs]
         rest = [i for i, n in enumerate(narrow) if n is None]
-        packed = self.codec.compress_many([jobs[i][1] for i in rest], [jobs[i][2] for i in rest])
+        packed = self.codec.compress_many([jobs[i][1] for i in rest], [jobs[i][2] for i in rest],
+                                          planes=self.config.format >= 3)
         out: list[tuple[int, bytes | memoryview]] = [(NARROW_NODE, n) for n in narrow]
         for i, result in zip(rest, packed):
             out[i] = result
@@ -742,7 +744,7 @@ class Repository:
                     continue
                 if place is not None and place[1] != loc.raw_len:
                     raise IntegrityError(f"chunk {h.hex()} holds {loc.raw_len} bytes; the chunk tree says {place[1]}")
-                j = _run_end(group, i, at, places.cuts) if place is not None and loc.method in (ZSTD, ZSTD_SHUFFLE) else i + 1
+                j = _run_end(group, i, at, places.cuts) if place is not None and loc.method in (ZSTD, *SHUFFLED) else i + 1
                 if j == i + 1:   # one chunk: one decompress call costs less than a stream reader
                     stored = self._unseal(h, buf[loc.offset - base:loc.offset - base + loc.stored_len], pack_id)
                     try:
@@ -1005,7 +1007,7 @@ def _run_end(group: list[tuple[bytes, Location]], i: int, at: dict[bytes, tuple[
     while j < len(group):
         hj, lj = group[j]
         if (lj.offset != stored_end or lj.method != loc.method or at.get(hj) != (dst_end, lj.raw_len) or dst_end in cuts
-                or loc.method == ZSTD_SHUFFLE and (lj.raw_len, lj.itemsize) != (loc.raw_len, loc.itemsize)):
+                or loc.method in SHUFFLED and (lj.raw_len, lj.itemsize) != (loc.raw_len, loc.itemsize)):
             break
         stored_end += lj.stored_len
         dst_end += lj.raw_len

@@ -145,10 +145,10 @@ def _big_compressible_state() -> dict:
 
 
 def test_big_restore_of_compressed_runs_matches_and_names_a_damaged_chunk(tmp_path):
-    """Text (zstd) and float arrays (shuffled zstd), stored back to back in packs, decoded run by run
+    """Text (zstd) and float arrays (shuffled, plane by plane), stored back to back in packs, decoded run by run
     straight into the restore buffer on the read pipeline; a flipped byte inside one frame of a run
     is an IntegrityError naming the snapshot, the chunk and its pack."""
-    from casstore.compress import ZSTD, ZSTD_SHUFFLE
+    from casstore.compress import ZSTD, ZSTD_PLANES
     from casstore.pack import read_entries
     repo_dir = tmp_path / "repo"
     state = _big_compressible_state()
@@ -159,12 +159,12 @@ def test_big_restore_of_compressed_runs_matches_and_names_a_damaged_chunk(tmp_pa
     damaged = {}
     for pack in _packs(repo_dir):
         entries = read_entries(pack.read_bytes())
-        for method in (ZSTD, ZSTD_SHUFFLE):
+        for method in (ZSTD, ZSTD_PLANES):
             found = [e for e in entries if e.method == method]
             if found and method not in damaged:
                 e = found[len(found) // 2]
                 damaged[method] = (pack, e)
-    assert set(damaged) == {ZSTD, ZSTD_SHUFFLE}
+    assert set(damaged) == {ZSTD, ZSTD_PLANES}
     for method, (pack, e) in damaged.items():
         original = pack.read_bytes()
         _flip(pack, e.offset + e.stored_len // 2)

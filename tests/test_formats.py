@@ -1,5 +1,6 @@
-"""Repository format 2 (primed manifests, narrowed tree nodes) and the older forms that still
-read: format-1 repositories and the index layout that kept summaries by snapshot id."""
+"""Repository formats 2 and 3 (primed manifests and narrowed tree nodes; plane-split numeric
+blocks, see test_planes.py) and the older forms that still read: format-1 repositories and the
+index layout that kept summaries by snapshot id."""
 
 import dataclasses
 
@@ -22,7 +23,7 @@ def test_format_1_repository_keeps_plain_manifests_and_reads_both(tmp_path):
     with casstore.open(str(repo)) as s:
         new = s.snapshot({"step": 1, "text": "primed " * 50}, agent_id="a")
         cfg = s._repo.config
-    assert cfg.format == 2
+    assert cfg.format == 3
     stored = _manifest_file(repo, new.id).read_bytes()
     assert stored[:4] == b"\x28\xb5\x2f\xfd" and blake3.blake3(manifest.unpack(stored)).hexdigest() == new.id
 
@@ -69,7 +70,7 @@ def test_index_with_summaries_by_snapshot_id_is_converted(tmp_path):
     with env.begin() as txn:
         assert txn.get(b"snaps") is None  # the old table is gone
     env.close()
-    assert RepoConfig().format == 2
+    assert RepoConfig().format == 3
 
 
 def _node_methods(store):
