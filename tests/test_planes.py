@@ -120,7 +120,7 @@ def test_format_3_stores_planes_and_restores_them_cold(tmp_path, encrypt):
         info = store.snapshot(state)
         store.drop_caches()
         assert deep_equal(store.restore(info.id), state)
-        assert store.verify().ok
+        assert store.verify(deep=True).ok
     if not encrypt:   # an encrypted pack's trailer is sealed
         assert ZSTD_PLANES in _methods(repo_dir) and ZSTD_SHUFFLE not in _methods(repo_dir)
 
@@ -159,3 +159,26 @@ def test_format_2_repository_keeps_one_frame_per_block(tmp_path):
         assert store.index_rebuild() == 2
         assert deep_equal(store.restore(a.id), first) and deep_equal(store.restore(b.id), second)
         assert store.verify().ok
+
+
+def test_copy_between_formats_packs_for_the_destination(tmp_path):
+    """A copy re-packs chunks with the destination's own methods: plane frames do not reach a
+    format-2 repository, and a format-2 repository's blocks become plane frames in a format-3 one."""
+    state = {"emb": rng.standard_normal((2048, 128), dtype=np.float32)}
+    old_dir, new_dir, back_dir = tmp_path / "old", tmp_path / "new", tmp_path / "back"
+    with casstore.open(str(old_dir)) as old:
+        cfg = old._repo.config
+    (old_dir / "config").write_bytes(dataclasses.replace(cfg, format=2).encode())
+    with casstore.open(str(old_dir)) as old, casstore.open(str(new_dir)) as new:
+        info = old.snapshot(state)
+        old.copy_to(new)
+        assert deep_equal(new.restore(info.id), state) and new.verify(deep=True).ok
+    assert ZSTD_SHUFFLE in _methods(old_dir) and ZSTD_PLANES not in _methods(old_dir)
+    assert ZSTD_PLANES in _methods(new_dir) and ZSTD_SHUFFLE not in _methods(new_dir)
+    with casstore.open(str(back_dir)) as back:
+        bcfg = back._repo.config
+    (back_dir / "config").write_bytes(dataclasses.replace(bcfg, format=2).encode())
+    with casstore.open(str(new_dir)) as new, casstore.open(str(back_dir)) as back:
+        new.copy_to(back)
+        assert deep_equal(back.restore(info.id), state)
+    assert ZSTD_PLANES not in _methods(back_dir)
