@@ -77,6 +77,18 @@ def test_list_filters_and_lineages(store):
         store.list(session_id="1")
 
 
+def test_listed_infos_are_whole_frozen_snapshot_infos(store):
+    """list() builds its SnapshotInfos without the dataclass constructor: each must still carry
+    every field, equal the constructed one, and stay frozen."""
+    import dataclasses
+    info = store.snapshot({"x": 1}, agent_id="a", session_id="s", description="d", metadata={"k": [1, 2]})
+    [listed] = store.list("a")
+    assert set(vars(listed)) == {f.name for f in dataclasses.fields(casstore.SnapshotInfo)}
+    assert listed == casstore.SnapshotInfo(**dataclasses.asdict(listed)) == info
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        listed.index = 7
+
+
 def test_ids_prefixes_metadata_exists_delete(store):
     infos = [store.snapshot({"i": i}, description=f"d{i}", metadata={"i": i}) for i in range(40)]
     one = infos[7]
