@@ -29,7 +29,7 @@ from .tree import widen_node
 RAW = 0
 ZSTD = 1
 ZSTD_SHUFFLE = 2
-NARROW_NODE = 3  # a tree node with its sizes in fewer bytes (tree.narrow_node), repository format 2
+NARROW_NODE = 3  # a tree node with its sizes in fewer bytes (tree.narrow_node), repository format 2 and later
 ZSTD_PLANES = 4  # byte shuffle, then a zstd frame per byte plane (see the module docstring), repository format 3
 SHUFFLED = (ZSTD_SHUFFLE, ZSTD_PLANES)
 

@@ -18,14 +18,14 @@ chunk tree, not two; snapshots written without it still read), ascii
 least 1 MiB, which a restore decodes straight into a new str; see
 store.restore).
 
-Stored form: in a repository of format 2 (config.py) the manifest object
+Stored form: in a repository of format 2 or later (config.py) the manifest object
 holds the msgpack bytes compressed by zstd primed with PRIMER, a fixed
 msgpack text of the field names casstore and its bundled integrations write:
 a manifest is a few hundred bytes, too short for zstd to learn its own
 field names, and the primer halves it (a LangGraph checkpoint's 480 bytes
 become 265; the index keeps its summaries the same way). PRIMER is part of
 the format and never changes. Format 1 stored the msgpack bytes plain, and
-both read.
+all read.
 
 In an encrypted repository the id is the repository's keyed BLAKE3 of the
 plaintext manifest bytes (so ids reveal nothing and stay stable when the
@@ -81,12 +81,12 @@ def _contexts() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
 
 
 def pack(data: bytes) -> bytes:
-    """The stored form of manifest bytes (format 2): zstd primed with PRIMER."""
+    """The stored form of manifest bytes (format 2 and later): zstd primed with PRIMER."""
     return _contexts()[0].compress(data)
 
 
 def unpack(stored: bytes | memoryview, name: str = "manifest") -> bytes:
-    """Manifest bytes from their stored form, compressed (format 2) or plain msgpack (format 1)."""
+    """Manifest bytes from their stored form, compressed (format 2 and later) or plain msgpack (format 1)."""
     if bytes(stored[:4]) != _ZSTD_MAGIC:
         return bytes(stored)
     try:

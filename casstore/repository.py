@@ -301,7 +301,7 @@ class Repository:
 
     # sealed objects -------------------------------------------------------------
     def seal_manifest(self, snap_id: bytes, data: bytes) -> bytes:
-        """The object to store for manifest bytes: compressed (repository format 2), then sealed if encrypted."""
+        """The object to store for manifest bytes: compressed (repository format 2 and later), then sealed if encrypted."""
         return self.sealer.seal(manifest.pack(data) if self.config.format >= 2 else data,
                                 crypto.AD_MANIFEST + snap_id)
 
@@ -519,9 +519,9 @@ class Repository:
         return packs
 
     def _compress(self, jobs: list[tuple[bytes, memoryview, int, int]]) -> list[tuple]:
-        """(hash, kind, method, itemsize, stored bytes, raw length) per job: zstd (tree nodes of a
-        format-2 repository: their compact form; shuffled blocks of a format-3 one: plane by plane),
-        then sealed if encrypted."""
+        """(hash, kind, method, itemsize, stored bytes, raw length) per job: zstd (tree nodes, from
+        format 2: their compact form; shuffled blocks, from format 3: plane by plane), then sealed
+        if encrypted."""
         narrow = [tree.narrow_node(view) if kind == KIND_NODE and self.config.format >= 2 else None
                   for _, view, _, kind in jobs]
         rest = [i for i, n in enumerate(narrow) if n is None]
