@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 
+import numpy as np
 import pytest
 
 import casstore
@@ -149,3 +150,22 @@ def test_arrays_restored_from_a_mapped_buffer_stay_valid_and_writable(tmp_path):
     assert deep_equal(restored, state)
     restored["emb"][0, 0] = 42.0
     assert restored["emb"][0, 0] == 42.0 and state["emb"][0, 0] != 42.0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_restored_array_is_the_process_own_memory(tmp_path):
+    """A big restore's buffer is a private mapping: a forked child writing into a restored array
+    changes its own copy, never the parent's (a shared anonymous mapping would hand it both)."""
+    state = {"a": np.arange(2 << 20, dtype=np.float32)}   # 8 MiB: the buffer is an anonymous mapping
+    with casstore.open(str(tmp_path / "repo"), cache_bytes=0) as store:
+        info = store.snapshot(state)
+        store.drop_caches()
+        got = store.restore(info.id)["a"]
+    assert got.flags.writeable
+    pid = os.fork()
+    if pid == 0:   # the child: overwrite, then leave without running any Python cleanup
+        got[:] = -1
+        os._exit(0 if got[0] == -1 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert np.array_equal(got, state["a"])
