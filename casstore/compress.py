@@ -10,7 +10,7 @@ shuffled block is then its own zstd frame, the frames back to back
 compresses well and its mantissa planes hardly at all, and one frame over
 all four makes one entropy table serve both. zstd stores a plane it cannot
 shrink as a raw block, which decodes as a copy. On float32 embeddings this
-stores 8 % fewer bytes than one frame (0.85 of raw against 0.92) and decodes
+stores 9 % fewer bytes than one frame (0.84 of raw against 0.92) and decodes
 1.7x as fast; decoded across frames, the planes come out as the shuffled
 block, so a run of such chunks decodes in one call as ZSTD_SHUFFLE's do.
 """
@@ -71,10 +71,12 @@ class Codec:
             comps = self._local.comps = {}
         comp = comps.get((level, planes))
         if comp is None:
-            params = zstandard.ZstdCompressionParameters.from_level(
-                level, hash_log=PLANE_HASH_LOG, chain_log=PLANE_HASH_LOG) if planes else None
-            comp = comps[level, planes] = (zstandard.ZstdCompressor(compression_params=params) if planes
-                                           else zstandard.ZstdCompressor(level=level))
+            if planes:
+                comp = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
+                    level, hash_log=PLANE_HASH_LOG, chain_log=PLANE_HASH_LOG))
+            else:
+                comp = zstandard.ZstdCompressor(level=level)
+            comps[level, planes] = comp
         return comp
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
@@ -96,7 +98,7 @@ class Codec:
         """
         shuffled = [itemsize > 1 and len(c) % itemsize == 0 and len(c) >= 256 for c, itemsize in zip(chunks, itemsizes)]
         inputs: list[bytes | memoryview] = []
-        settings: list[tuple[int, bool]] = []   # (level, planes) of each input
+        groups: dict[tuple[int, bool], list[int]] = {}   # (level, planes) -> positions in inputs
         firsts: list[int] = []   # where each chunk's inputs begin
         for c, itemsize, s in zip(chunks, itemsizes, shuffled):
             firsts.append(len(inputs))
@@ -104,14 +106,12 @@ class Codec:
                 whole = memoryview(shuffle(c, itemsize))
                 step = len(c) // itemsize
                 pieces = [whole[k * step:(k + 1) * step] for k in range(itemsize)] if planes else [whole]
+                group = groups.setdefault((self.shuffle_level, planes), [])
+                group += range(len(inputs), len(inputs) + len(pieces))
                 inputs += pieces
-                settings += [(self.shuffle_level, planes)] * len(pieces)
             else:
+                groups.setdefault((self.level, False), []).append(len(inputs))
                 inputs.append(c)
-                settings.append((self.level, False))
-        groups: dict[tuple[int, bool], list[int]] = {}
-        for i, setting in enumerate(settings):
-            groups.setdefault(setting, []).append(i)
         outs: list[bytes | memoryview] = [b""] * len(inputs)
         for (level, as_planes), picked in groups.items():
             for i, out in zip(picked, self._compress_all(level, as_planes, [inputs[i] for i in picked])):
