@@ -16,7 +16,8 @@ step that grows a list and changes the structure rewrites one path of the
 chunk tree, not two; snapshots written without it still read), ascii
 (optional: [offset, length] in the blob region of each ASCII string of at
 least 1 MiB, which a restore decodes straight into a new str; see
-store.restore).
+store.restore), labels (optional: strings the index finds the snapshot by
+within its agent, see Store.find).
 
 Stored form: in a repository of format 2 or later (config.py) the manifest object
 holds the msgpack bytes compressed by zstd primed with PRIMER, a fixed
@@ -117,6 +118,9 @@ def decode(data: bytes, snap_id: bytes | None = None, digest: Callable[[bytes], 
         raise IntegrityError(f"snapshot {name}: root or parent is not a 32-byte hash")
     if not isinstance(fields.get("tail", False), bool):
         raise IntegrityError(f"snapshot {name}: manifest field 'tail' is not a bool")
+    labels = fields.get("labels", [])
+    if not (isinstance(labels, list) and all(isinstance(v, str) and v for v in labels)):
+        raise IntegrityError(f"snapshot {name}: manifest field 'labels' is not a list of non-empty strings")
     if not 0 <= fields["struct"] <= fields["raw"]:
         raise IntegrityError(f"snapshot {name}: structure length {fields['struct']} exceeds raw size {fields['raw']}")
     if "ascii" in fields and not _spans_fit(fields["ascii"], fields["raw"] - fields["struct"]):

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any
+from typing import Any, Iterable
 
 from . import codec, retention, tree
 from . import diff as diff_mod
@@ -17,6 +17,7 @@ from .cache import DEFAULT_CACHE_BYTES
 from .config import resolve_url
 from .copy import CopyReport, copy_snapshots
 from .errors import ChunkNotFoundError, ConfigurationError, IntegrityError, SnapshotNotFoundError
+from .index.db import check_labels
 from .config import RepoConfig
 from .repository import Repository, Stream
 from .tree import Proof
@@ -47,6 +48,7 @@ class SnapshotInfo:
     chunk_count: int
     new_chunk_count: int
     kind: str = "state"
+    labels: tuple[str, ...] = ()
 
     @property
     def time(self) -> _dt.datetime:
@@ -66,7 +68,7 @@ class SnapshotInfo:
             parent=f["parent"].hex() if f.get("parent") else None, index=f["index"], timestamp=f["time"],
             description=f.get("desc"), metadata=f.get("meta") or {}, root=f["root"].hex(),
             raw_size=f["raw"], stored_size=f.get("stored", 0), chunk_count=f["chunks"],
-            new_chunk_count=f.get("new_chunks", 0), kind=f["kind"])
+            new_chunk_count=f.get("new_chunks", 0), kind=f["kind"], labels=tuple(f.get("labels", ())))
         return info
 
 
@@ -115,17 +117,21 @@ class Store:
     @observed("snapshot")
     def snapshot(self, state: Any, agent_id: str = "default", session_id: str = "default", *,
                  description: str | None = None, metadata: dict | None = None,
-                 allow_pickle: bool = False) -> SnapshotInfo:
-        """Store state; only chunks the repository lacks are written."""
+                 labels: Iterable[str] = (), allow_pickle: bool = False) -> SnapshotInfo:
+        """Store state; only chunks the repository lacks are written. labels are strings the
+        snapshot can be found by later within its agent (see find), without listing the history."""
         started = time.perf_counter()
+        extra: dict = {"labels": check_labels(labels)} if labels else {}
         structure, blobs = codec.encode(state, allow_pickle=allow_pickle)
         streams = [Stream(b.data, b.row_bytes, b.itemsize, structure=b.small_chunks, item_ends=b.item_ends)
                    for b in blobs]
         streams.append(Stream(memoryview(structure), structure=True))
         spans = codec.ascii_spans(blobs)
+        if spans:
+            extra["ascii"] = spans
         snap_id, fields = self._repo.write("state", streams, agent_id=agent_id, session_id=session_id,
                                            description=description, metadata=metadata, structure_last=True,
-                                           extra={"ascii": spans} if spans else None)
+                                           extra=extra)
         info = SnapshotInfo.from_fields(snap_id, fields)
         _log_op("snapshot", info, started)
         return info
@@ -195,11 +201,34 @@ class Store:
         """Snapshots, oldest first, optionally of one agent or one lineage."""
         if session_id is not None and agent_id is None:
             raise ConfigurationError("session_id needs agent_id")
-        if not self._repo.backend.is_local:
-            self._repo.sync()
+        self._learn()
         rows = self._repo.index.lineage(agent_id, session_id)
         infos = [SnapshotInfo.from_fields(sid, f) for sid, f in rows]
         return sorted(infos, key=lambda i: (i.timestamp, i.index))
+
+    def find(self, agent_id: str, label: str, *, refresh: bool = False) -> list[SnapshotInfo]:
+        """The agent's snapshots written with this label, oldest first: one index lookup, however
+        long the history. A local repository's index is shared by every writer; for remote
+        storage, refresh first learns what other machines wrote (see sync), which lists the storage."""
+        if refresh:
+            self._learn()
+        infos = [SnapshotInfo.from_fields(sid, f) for sid, f in self._repo.index.labelled(agent_id, label)]
+        return sorted(infos, key=lambda i: (i.timestamp, i.index))
+
+    def latest(self, agent_id: str, session_id: str = "default") -> SnapshotInfo | None:
+        """The lineage's latest snapshot, or None when it has none."""
+        found = self._repo.index.head(agent_id, session_id)
+        return None if found is None else SnapshotInfo.from_fields(*found)
+
+    def count_unlabelled(self, agent_id: str) -> int:
+        """How many of the agent's snapshots were written without labels: when none were,
+        every snapshot of the agent can be found by its labels."""
+        return self._repo.index.unlabelled(agent_id)
+
+    def _learn(self) -> None:
+        """Index what other machines wrote to remote storage (local writers share the index)."""
+        if not self._repo.backend.is_local:
+            self._repo.sync()
 
     def diff(self, a: str, b: str) -> dict:
         """What changed from snapshot a to b: chunks and bytes added and removed, and the

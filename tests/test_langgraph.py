@@ -72,6 +72,12 @@ def _human(turn):
     return HumanMessage(_text(random.Random(f"h{turn}"), 200, 1500), id=f"human-{turn}")
 
 
+def _turns(saver, config, turns):
+    graph = _graph(saver)
+    for turn in range(turns):
+        graph.invoke({"messages": [_human(turn)]}, config)
+
+
 def test_chat_graph_history_resume_time_travel_fork(tmp_path):
     repo = str(tmp_path / "repo")
     store = casstore.open(repo)
@@ -524,9 +530,7 @@ def test_messages_read_again_are_fresh_objects_equal_to_a_cold_read(tmp_path):
     repo = str(tmp_path / "repo")
     config = {"configurable": {"thread_id": "t"}}
     with CasstoreSaver.from_url(repo) as saver:
-        graph = _graph(saver)
-        for t in range(9):
-            graph.invoke({"messages": [_human(t)]}, config)
+        _turns(saver, config, 9)
         first = saver.get_tuple(config).checkpoint["channel_values"]["messages"]
         assert saver._thawed.used > 0
 
@@ -569,3 +573,55 @@ def test_thawed_pickles_respect_their_bound(tmp_path):
         assert 0 < saver._thawed.used <= 30_000
     with CasstoreSaver.from_url(repo) as cold:
         assert [c.checkpoint for c in cold.list(config)] == warm
+
+
+def _same_tuple(a, b):
+    assert (a.config, a.checkpoint, a.metadata, a.parent_config, a.pending_writes) == \
+        (b.config, b.checkpoint, b.metadata, b.parent_config, b.pending_writes)
+
+
+def test_a_fresh_saver_reads_and_writes_a_thread_without_listing_it(tmp_path, monkeypatch):
+    """A new process's saver finds a checkpoint, its pending writes and the thread's latest
+    checkpoint by label, and runs the next turn, without reading the thread's history."""
+    repo = str(tmp_path / "repo")
+    config = {"configurable": {"thread_id": "t"}}
+    with CasstoreSaver.from_url(repo) as saver:
+        _turns(saver, config, 6)
+        listed = list(saver.list(config))  # the listing: what the saver returned before labels
+    assert any(t.pending_writes for t in listed)
+
+    def no_listing(*args, **kwargs):
+        raise AssertionError("the thread was listed")
+
+    with CasstoreSaver.from_url(repo) as fresh:
+        monkeypatch.setattr(fresh.store, "list", no_listing)
+        for want in listed[::3] + [t for t in listed if t.pending_writes]:
+            _same_tuple(fresh.get_tuple(want.config), want)
+        _same_tuple(fresh.get_tuple(config), listed[0])
+        _graph(fresh).invoke({"messages": [_human(6)]}, config)
+        latest = fresh.get_tuple(config)
+        assert latest.parent_config is not None and len(latest.checkpoint["channel_values"]["messages"]) > \
+            len(listed[0].checkpoint["channel_values"]["messages"])
+    with CasstoreSaver.from_url(repo) as other:
+        _same_tuple(other.get_tuple(config), latest)
+        assert [t.config for t in other.list(config)][-len(listed):] == [t.config for t in listed]
+
+
+def test_latest_is_the_greatest_checkpoint_id_when_puts_come_out_of_order(tmp_path):
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    repo = str(tmp_path / "repo")
+    base = {"configurable": {"thread_id": "o", "checkpoint_ns": ""}}
+    ids = ["1ef00000-0000-6000-8000-00000000000" + d for d in "3152"]
+    with CasstoreSaver.from_url(repo) as saver:
+        for i, cid in enumerate(ids):
+            saver.put(base, {**empty_checkpoint(), "id": cid}, {"source": "loop", "step": i, "parents": {}}, {})
+        assert saver.get_tuple(base).checkpoint["id"] == max(ids)
+    with CasstoreSaver.from_url(repo) as fresh:
+        assert fresh.get_tuple(base).checkpoint["id"] == max(ids)
+        # the greatest id goes: the rest are read from the listing, which knows the next greatest
+        (greatest,) = fresh.store.find("langgraph:o", f"c0::{max(ids)}")
+        fresh.store.delete(greatest.id)
+    with CasstoreSaver.from_url(repo) as fresh:
+        assert fresh.get_tuple(base).checkpoint["id"] == sorted(ids)[-2]
+        assert [t.checkpoint["id"] for t in fresh.list(base)] == sorted(ids, reverse=True)[1:]

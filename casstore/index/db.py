@@ -16,6 +16,20 @@ Databases in one LMDB environment:
 * ``snapseq``: snapshot id (32) -> its sequence number.
 * ``lineage``: agent \\0 session \\0 position (u64 BE) snapshot id -> b"", so a
   prefix scan lists a lineage in order.
+* ``labels``: agent -> 16-byte values (an LMDB dupsort, dupfixed key), each
+  the first 8 bytes of the BLAKE3 of a label the snapshot was written with
+  (manifest field ``labels``) and the snapshot's sequence number, so one
+  snapshot of a long history is found by what it is (a LangGraph checkpoint
+  id) without listing the history. Fixed-size values pack densely: an entry
+  costs 16 bytes, where a key of its own took over 100 with its node header
+  and half-full pages. A hash that two labels share is told apart by the
+  summary's own labels.
+* ``unlabelled``: agent -> how many of its snapshots have no labels (u64), so
+  a caller knows whether the labels find all of an agent's snapshots (a
+  LangGraph thread written by a casstore before labels has such snapshots).
+  The meta value ``labelled`` records the summaries these two tables cover
+  (last sequence number, its id, count): when another writer (an earlier
+  casstore) changed the summaries without them, the next lookup rebuilds both.
 * ``condemned``: pack id -> mark time (f64): packs gc will delete; their
   chunks count as missing to writers, who store fresh copies instead.
 * ``forgotten``: snapshot id -> b"": snapshots deleted on purpose, so a child
@@ -30,11 +44,13 @@ transaction; LMDB's own lock serialises writers across processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import threading
 from typing import Iterable, Iterator, NamedTuple
 
+import blake3
 import lmdb
 import msgpack
 
@@ -50,6 +66,7 @@ _NUM = struct.Struct(">I")     # packnums key: big-endian, so numbers sort in or
 _NUM_LE = struct.Struct("<I")  # as the first field of a chunk location
 _POS = struct.Struct(">Q")
 _TIME = struct.Struct("<d")
+_LABELLED = b"labelled"
 
 _ENVS: dict[str, tuple[lmdb.Environment, int]] = {}
 _ENVS_LOCK = threading.Lock()
@@ -77,7 +94,7 @@ def _open_env(path: str) -> lmdb.Environment:
             try:
                 # metasync off: a power loss may undo the last commit, never corrupt the index,
                 # and what it undoes is re-learned from storage by sync() (the index is a cache).
-                env = lmdb.open(key, map_size=MAP_SIZE, max_dbs=12, sync=True, metasync=False, max_readers=256)
+                env = lmdb.open(key, map_size=MAP_SIZE, max_dbs=16, sync=True, metasync=False, max_readers=256)
             except lmdb.Error as e:
                 raise StorageError(f"cannot open the index at {key}: {e}") from e
         _ENVS[key] = (env, refs + 1)
@@ -126,6 +143,8 @@ class Index:
         self._meta = self.env.open_db(b"meta")
         self._condemned = self.env.open_db(b"condemned")
         self._forgotten = self.env.open_db(b"forgotten")
+        self._labels = self.env.open_db(b"labels", dupsort=True, dupfixed=True)
+        self._unlabelled = self.env.open_db(b"unlabelled")
         self._convert_summaries()
 
     def _convert_summaries(self) -> None:
@@ -304,11 +323,15 @@ class Index:
         """Record one snapshot: its summary appended under the next sequence number."""
         if txn.get(snap_id, db=self._snaps) is not None:
             return
+        current = self._labels_current(txn)
         cur = txn.cursor(db=self._summaries)
         seq = _POS.pack(_POS.unpack(cur.key())[0] + 1 if cur.last() else 0)
         txn.put(seq, manifest.pack(raw), append=True, db=self._summaries)
         txn.put(snap_id, seq, db=self._snaps)
         txn.put(_lineage_key(fields, snap_id), b"", db=self._lineage)
+        self._add_labels(txn, fields, seq, 1)
+        if current:
+            self._mark_labelled(txn, seq, snap_id)
 
     def _summary(self, txn: lmdb.Transaction, seq: bytes | None) -> dict | None:
         raw = None if seq is None else txn.get(seq, db=self._summaries)
@@ -381,14 +404,126 @@ class Index:
 
     def remove_snapshots(self, snap_ids: Iterable[bytes]) -> None:
         with self.env.begin(write=True) as txn:
+            current = self._labels_current(txn)
             for sid in snap_ids:
                 seq = txn.get(sid, db=self._snaps)
                 fields = self._summary(txn, seq)
                 if fields is None:
                     continue
                 txn.delete(_lineage_key(fields, sid), db=self._lineage)
+                self._add_labels(txn, fields, seq, -1)
                 txn.delete(sid, db=self._snaps)
                 txn.delete(seq, db=self._summaries)
+            if current:
+                self._mark_labelled(txn)
+
+    # labels -------------------------------------------------------------
+    def labelled(self, agent_id: str, label: str) -> list[tuple[bytes, dict]]:
+        """The snapshots of agent_id written with label, with their summaries."""
+        agent, want = _name(agent_id, "agent_id"), _label_hash(label)
+        with self._label_txn() as txn:
+            cur = txn.cursor(db=self._labels)
+            out = []
+            if cur.set_range_dup(agent, want + bytes(_POS.size)):
+                for value in cur.iternext_dup():
+                    if value[:8] != want:
+                        break
+                    seq = bytes(value[8:])
+                    fields = self._summary(txn, seq)
+                    if fields is not None and label in fields.get("labels", ()):
+                        sid = self._id_at(txn, seq, fields)
+                        if sid is not None:
+                            out.append((sid, fields))
+            return out
+
+    def unlabelled(self, agent_id: str) -> int:
+        """How many of the agent's snapshots have no labels."""
+        with self._label_txn() as txn:
+            count = txn.get(_name(agent_id, "agent_id"), db=self._unlabelled)
+        return 0 if count is None else _POS.unpack(count)[0]
+
+    def _add_labels(self, txn: lmdb.Transaction, fields: dict, seq: bytes, sign: int) -> None:
+        """Index (sign 1) or unindex (-1) a snapshot's labels, or count it as unlabelled."""
+        agent = _name(fields["agent"], "agent_id")
+        labels = fields.get("labels", ())
+        if not labels:
+            old = txn.get(agent, db=self._unlabelled)
+            count = (0 if old is None else _POS.unpack(old)[0]) + sign
+            if count > 0:
+                txn.put(agent, _POS.pack(count), db=self._unlabelled)
+            elif old is not None:
+                txn.delete(agent, db=self._unlabelled)
+        for value in sorted({_label_hash(label) + seq for label in labels}):
+            if sign > 0:
+                txn.put(agent, value, db=self._labels)
+            else:
+                txn.delete(agent, value, db=self._labels)
+
+    @contextlib.contextmanager
+    def _label_txn(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction in which the labels table covers every summary."""
+        with self.env.begin() as txn:
+            if self._labels_current(txn):
+                yield txn
+                return
+        with self.env.begin(write=True) as txn:
+            if not self._labels_current(txn):
+                self._index_labels(txn)
+        with self.env.begin() as txn:
+            yield txn
+
+    def _labels_current(self, txn: lmdb.Transaction) -> bool:
+        """Whether the labels table holds the labels of every summary (see the module docstring)."""
+        mark = txn.get(_LABELLED, db=self._meta)
+        cur = txn.cursor(db=self._summaries)
+        if not cur.last():
+            return True
+        if mark is None:
+            return False
+        seq, sid, count = msgpack.unpackb(mark)
+        return (seq == _POS.unpack(cur.key())[0] and txn.get(sid, db=self._snaps) == _POS.pack(seq)
+                and count == txn.stat(self._summaries)["entries"])
+
+    def _mark_labelled(self, txn: lmdb.Transaction, seq: bytes | None = None, sid: bytes | None = None) -> None:
+        """Record that the labels table covers every summary now; seq and sid name the last one,
+        found here when not given."""
+        if seq is None:
+            cur = txn.cursor(db=self._summaries)
+            if not cur.last():
+                txn.delete(_LABELLED, db=self._meta)
+                return
+            seq = bytes(cur.key())
+            sid = self._id_at(txn, seq)
+            if sid is None:
+                return
+        txn.put(_LABELLED, msgpack.packb([_POS.unpack(seq)[0], sid, txn.stat(self._summaries)["entries"]]),
+                db=self._meta)
+
+    def _id_at(self, txn: lmdb.Transaction, seq: bytes, fields: dict | None = None) -> bytes | None:
+        """The id of the snapshot with this sequence number (and summary), found through its lineage key."""
+        fields = fields or self._summary(txn, seq)
+        if fields is None:
+            return None
+        prefix = _lineage_key(fields, b"")
+        cur = txn.cursor(db=self._lineage)
+        if cur.set_range(prefix):
+            for k in cur.iternext(keys=True, values=False):
+                if not k.startswith(prefix):
+                    break
+                if txn.get(k[-32:], db=self._snaps) == seq:
+                    return bytes(k[-32:])
+        return None
+
+    def _index_labels(self, txn: lmdb.Transaction) -> None:
+        """Rebuild the label tables from every summary (after another writer changed them)."""
+        txn.drop(self._labels, delete=False)
+        txn.drop(self._unlabelled, delete=False)
+        for k in txn.cursor(db=self._lineage).iternext(keys=True, values=False):
+            seq = txn.get(k[-32:], db=self._snaps)
+            fields = self._summary(txn, seq)
+            if fields is not None:
+                self._add_labels(txn, fields, bytes(seq), 1)
+        self._mark_labelled(txn)
 
     # meta ---------------------------------------------------------------
     def get_meta(self, key: str) -> bytes | None:
@@ -403,10 +538,25 @@ class Index:
     def clear(self) -> None:
         with self.env.begin(write=True) as txn:
             for db in (self._chunks, self._packs, self._packnums, self._summaries, self._snaps, self._lineage, self._meta,
-                       self._condemned, self._forgotten):
+                       self._condemned, self._forgotten, self._labels, self._unlabelled):
                 txn.drop(db, delete=False)
         self._pack_ids.clear()
 
 
 def _lineage_key(fields: dict, snap_id: bytes) -> bytes:
     return lineage_prefix(fields["agent"], fields["session"]) + _POS.pack(fields["index"]) + snap_id
+
+
+def _label_hash(label: str) -> bytes:
+    return blake3.blake3(label.encode("utf-8")).digest(length=8)
+
+
+def check_labels(labels: object) -> list[str]:
+    """labels as a list without repeats, or ConfigurationError naming what is wrong."""
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+        raise ConfigurationError(f"labels must be a list of strings, got {type(labels).__name__}")
+    out = list(dict.fromkeys(labels))
+    for label in out:
+        if not isinstance(label, str) or not label:
+            raise ConfigurationError(f"a label must be a non-empty string, got {label!r}")
+    return out

@@ -13,11 +13,21 @@ Layout in the repository
 * Each checkpoint is one snapshot of that lineage. Its snapshot metadata
   (kept in the index, read without restoring anything) holds the small
   fields: ``checkpoint_id``, ``parent_checkpoint_id``, the namespace (unless
-  it is the root namespace), and the
+  it is the root namespace), the
   LangGraph metadata dict (plain, or serde-encoded when it holds values
-  msgpack cannot carry as-is). ``get_tuple``/``list`` find checkpoints by
-  these fields and sort them by checkpoint id (newest first); only the
-  snapshots actually returned are restored.
+  msgpack cannot carry as-is), and ``latest``, the namespace's greatest
+  checkpoint id so far, only when it is not the snapshot's own (a put out of
+  id order). ``list`` finds checkpoints by these fields and sorts them by
+  checkpoint id (newest first); only the snapshots actually returned are
+  restored.
+* Snapshot labels (``Store.find``) name what a snapshot holds:
+  ``c<len(ns)>:<ns>:<checkpoint id>`` for its checkpoint and
+  ``w<len(ns)>:<ns>:<checkpoint id>`` for each checkpoint whose writes it
+  carries. ``get_tuple``, ``put`` and ``put_writes`` find a checkpoint, its
+  writes, and a namespace's latest checkpoint (the lineage's last snapshot,
+  or the one its ``latest`` names) in a few index lookups, however long the
+  thread, without listing it. A thread with snapshots that have no labels
+  (written by a casstore before them) is read from its listing, as before.
 * The snapshot's state is ``{"format", "lists", "values", "checkpoint"}``:
   channel values that are lists (``messages``) are stored element by
   element, each element serialized by the saver's serde on its own
@@ -73,9 +83,10 @@ kept as a pickle of serde's result, under a second bound of
 every checkpoint of a listing that holds it) unpickles a new, equal object,
 about twice as fast as serde rebuilds it. Those pickles never leave memory;
 nothing is unpickled from storage. The snapshot-metadata listing of each
-thread is cached as well and kept current by the saver's own writes; a
-checkpoint id it does not know makes it re-read the index, and ``refresh()``
-drops the listings (use it if another process writes the same threads).
+thread, once ``list`` has read it, is cached as well and kept current by the
+saver's own writes; a checkpoint id it does not know makes it re-read the
+index, and ``refresh()`` drops the listings (use it if another process
+writes the same threads). A thread not listed is read by label.
 """
 
 from __future__ import annotations
@@ -137,6 +148,12 @@ def agent_id(thread_id: str) -> str:
 
 def session_id(checkpoint_ns: str) -> str:
     return checkpoint_ns or ROOT_SESSION
+
+
+def _label(kind: str, ns: str, cid: str) -> str:
+    """The label of a checkpoint ("c") or of writes for it ("w"); the namespace is
+    length-prefixed, so no two (namespace, checkpoint id) pairs share a label."""
+    return f"{kind}{len(ns)}:{ns}:{cid}"
 
 
 def _item(typed: tuple[str, bytes]) -> bytes:
@@ -593,10 +610,19 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         return {"metadata_typed": _item(self.serde.dumps_typed(md))}
 
     # ------------------------------------------------------------------ reading
-    def _find(self, config: RunnableConfig) -> tuple[str, str, _Ckpt] | None:
+    def _find(self, config: RunnableConfig) -> tuple[str, str, _Ckpt, list[_Writes]] | None:
         conf = config["configurable"]
         tid, ns = str(conf["thread_id"]), conf.get("checkpoint_ns", "")
         cid = get_checkpoint_id(config)
+        if self._direct(tid):
+            found, ck = self._labelled_checkpoint(tid, ns, cid)
+            if ck is None and cid:  # maybe written on another machine since this one's index learned
+                found, ck = self._labelled_checkpoint(tid, ns, cid, refresh=True)
+            if ck is not None:
+                return tid, ns, ck, self._labelled_writes(tid, ns, ck.checkpoint_id)
+            if found:
+                return None
+            # else the namespace's greatest checkpoint id on record was deleted: the listing knows the rest
         with self._lock:  # a put on another thread adds to the thread's checkpoints meanwhile
             th = self._thread(tid)
             if cid:
@@ -608,7 +634,70 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 if not ns_ckpts:
                     ns_ckpts = self._thread(tid, reload=True).ckpts.get(ns)
                 ck = ns_ckpts[max(ns_ckpts)] if ns_ckpts else None
-        return None if ck is None else (tid, ns, ck)
+            if ck is None:
+                return None
+            return tid, ns, ck, list(self._thread(tid).writes.get((ns, ck.checkpoint_id), ()))
+
+    # ------------------------------------------------------------------ direct lookups
+    def _direct(self, tid: str) -> bool:
+        """Whether to find the thread's checkpoints and writes by label: when its listing is not
+        cached (that is quicker still) and every snapshot of it carries its labels, as every one
+        this version of the saver wrote does (a thread with snapshots from a casstore before
+        labels is read from its listing)."""
+        with self._lock:
+            if tid in self._threads:
+                return False
+        return not self.store.count_unlabelled(agent_id(tid))
+
+    def _labelled_checkpoint(self, tid: str, ns: str, cid: str | None, refresh: bool = False
+                             ) -> tuple[bool, _Ckpt | None]:
+        """(whether to trust a miss, the checkpoint) with this id, or the namespace's latest,
+        found by label. The latest is the greatest checkpoint id put in the namespace, which
+        its lineage's last snapshot records (see _latest)."""
+        if not cid:
+            head = self.store.latest(agent_id(tid), session_id(ns))
+            if head is None or head.metadata.get("langgraph") != KIND_CHECKPOINT:
+                return True, None
+            cid = head.metadata.get("latest", head.metadata["checkpoint_id"])
+            if cid == head.metadata["checkpoint_id"]:
+                return True, _checkpoint(head)
+            found = self.store.find(agent_id(tid), _label("c", ns, cid))
+            return False, _checkpoint(found[-1]) if found else None
+        found = self.store.find(agent_id(tid), _label("c", ns, cid), refresh=refresh)
+        return True, _checkpoint(found[-1]) if found else None
+
+    def _latest(self, tid: str, ns: str, cid: str) -> dict:
+        """The metadata field naming the namespace's greatest checkpoint id, when a checkpoint put
+        after it has a smaller one (none when it is its own, as LangGraph's ids grow)."""
+        head = self.store.latest(agent_id(tid), session_id(ns))
+        if head is None or head.metadata.get("langgraph") != KIND_CHECKPOINT:
+            return {}
+        before = head.metadata.get("latest", head.metadata["checkpoint_id"])
+        return {"latest": before} if before > cid else {}
+
+    def _labelled_writes(self, tid: str, ns: str, cid: str) -> list[_Writes]:
+        """The writes stored for a checkpoint, in commit order, found by label."""
+        th = _Thread()
+        for info in self.store.find(agent_id(tid), _label("w", ns, cid)):
+            _add_info(th, info)
+        return th.writes.get((ns, cid), [])
+
+    def _writes_of(self, tid: str, ns: str, cid: str) -> list[_Writes]:
+        if self._direct(tid):
+            return self._labelled_writes(tid, ns, cid)
+        return list(self._thread(tid).writes.get((ns, cid), ()))
+
+    def _checkpoint_of(self, tid: str, ns: str, cid: str) -> _Ckpt | None:
+        if self._direct(tid):
+            return self._labelled_checkpoint(tid, ns, cid)[1]
+        return self._thread(tid).ckpts.get(ns, {}).get(cid)
+
+    @staticmethod
+    def _labels(ns: str, meta: dict) -> list[str]:
+        """The labels of a snapshot with this metadata: its checkpoint's, and those of each
+        checkpoint whose writes it carries."""
+        labels = [_label("c", ns, meta["checkpoint_id"])] if meta.get("langgraph") == KIND_CHECKPOINT else []
+        return labels + [_label("w", ns, cid) for cid in dict.fromkeys(call[0] for call in _calls(meta))]
 
     def _state(self, snap_id: str) -> dict | None:
         """A stored state, from the cache when this saver wrote or read it lately."""
@@ -621,11 +710,12 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             self._states.put(snap_id, state, _state_bytes(state))
         return state
 
-    def _tuple(self, tid: str, ns: str, ck: _Ckpt, latest: bool = False) -> CheckpointTuple | None:
+    def _tuple(self, tid: str, ns: str, ck: _Ckpt, writes: list[_Writes], latest: bool = False
+               ) -> CheckpointTuple | None:
         state = self._state(ck.snap_id)
         if state is None:
             return None
-        rows = self._pending_rows(tid, ns, ck.checkpoint_id)
+        rows = self._pending_rows(tid, ns, ck.checkpoint_id, writes)
         checkpoint, written = self._decode_checkpoint(state, (tid, ns) if latest else None, [r[2] for r in rows])
         return CheckpointTuple(
             config={"configurable": {"thread_id": tid, "checkpoint_ns": ns, "checkpoint_id": ck.checkpoint_id}},
@@ -636,10 +726,9 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             pending_writes=[(task_id, channel, value) for (task_id, channel, _), value in zip(rows, written)],
         )
 
-    def _pending_rows(self, tid: str, ns: str, cid: str) -> list[tuple[str, str, bytes | list]]:
+    def _pending_rows(self, tid: str, ns: str, cid: str, writes: list[_Writes]) -> list[tuple[str, str, bytes | list]]:
         """(task id, channel, stored item or items) of the checkpoint's pending writes, in LangGraph's order."""
-        with self._lock:
-            snap_ids = tuple(dict.fromkeys(w.snap_id for w in self._thread(tid).writes.get((ns, cid), ())))
+        snap_ids = tuple(dict.fromkeys(w.snap_id for w in writes))
         known = self._states.get(("rows", tid, ns, cid))
         if known is not None and known[0] == snap_ids:
             return known[1]
@@ -676,7 +765,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         else:
             thread_ids, want_ns, want_id = self._all_threads(), None, None
         before_id = get_checkpoint_id(before) if before else None
-        candidates: list[tuple[str, str, _Ckpt]] = []
+        candidates: list[tuple[str, str, _Ckpt, list[_Writes]]] = []
         for tid in thread_ids:
             th = self._thread(tid)
             with self._lock:
@@ -692,12 +781,12 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                             md = self._metadata(ck)
                             if not all(md.get(k) == v for k, v in filter.items()):
                                 continue
-                        candidates.append((tid, ns, ck))
+                        candidates.append((tid, ns, ck, list(th.writes.get((ns, cid), ()))))
         candidates.sort(key=lambda c: c[2].checkpoint_id, reverse=True)
         if limit is not None:
             candidates = candidates[:max(0, limit)]
-        for tid, ns, ck in candidates:
-            tup = self._tuple(tid, ns, ck)
+        for tid, ns, ck, writes in candidates:
+            tup = self._tuple(tid, ns, ck, writes)
             if tup is not None:
                 yield tup
 
@@ -731,10 +820,10 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         desc = f"langgraph {md.get('source', 'checkpoint')} step {md.get('step', '?')}"
         with self._io:
             with self._lock:
-                th = self._thread(tid)
-                old = th.ckpts.get(ns, {}).get(cid)
+                meta.update(self._latest(tid, ns, cid))
+                old = self._checkpoint_of(tid, ns, cid)
                 # the old snapshot goes unless it carries writes (of any checkpoint, see _commit)
-                replaced = old is not None and all(w.snap_id != old.snap_id for ws in th.writes.values() for w in ws)
+                replaced = old is not None and not old.meta.get("writes")
             self._commit(tid, ns, state, cost, meta, desc)
             if replaced:  # the same checkpoint id put again: the new snapshot replaces the old one
                 self._delete([old.snap_id])
@@ -757,7 +846,8 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             cost += sum(q.cost for q in jobs)
         session = session_id(ns) + ("" if meta["langgraph"] == KIND_CHECKPOINT else WRITES_SUFFIX)
         try:
-            info = self.store.snapshot(state, agent_id(tid), session, description=desc, metadata=meta)
+            labels = self._labels(ns, meta)
+            info = self.store.snapshot(state, agent_id(tid), session, description=desc, metadata=meta, labels=labels)
         except BaseException as e:
             for q in jobs:
                 q.error = e
@@ -765,7 +855,9 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
             raise
         with self._lock:
             self._states.put(info.id, state, cost)
-            _add_info(self._thread(tid), info)
+            th = self._threads.get(tid)
+            if th is not None:  # else the next listing reads it from the index
+                _add_info(th, info)
         for q in jobs:
             q.done.set()
 
@@ -774,8 +866,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         conf = config["configurable"]
         tid, ns, cid = str(conf["thread_id"]), conf.get("checkpoint_ns", ""), conf["checkpoint_id"]
         with self._lock:
-            th = self._thread(tid)
-            have = {(w.task_id, i) for w in th.writes.get((ns, cid), ()) for i in w.keys}
+            have = {(w.task_id, i) for w in self._writes_of(tid, ns, cid) for i in w.keys}
             have.update((q.task_id, i) for q in self._queue if (q.tid, q.ns, q.cid) == (tid, ns, cid) for i in q.keys)
             rows, keys = [], []
             cost = 0
@@ -821,9 +912,10 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 continue
             calls = [[w.checkpoint_id, w.task_id, w.keys] for key in sorted(kept) for w in th.writes.get(key, ())
                      if w.snap_id == sid]
+            meta = {"langgraph": KIND_WRITES, **_ns_field(ns), "writes": calls}
             self.store.snapshot({"format": FORMAT, **_pack_rows(rows)}, agent_id(tid),
-                                session_id(ns) + WRITES_SUFFIX,
-                                metadata={"langgraph": KIND_WRITES, **_ns_field(ns), "writes": calls})
+                                session_id(ns) + WRITES_SUFFIX, metadata=meta,
+                                labels=self._labels(ns, meta))
         self._delete(delete)
 
     def _delete(self, snap_ids: list[str]) -> None:
@@ -854,9 +946,13 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 state = self._state(info.id)
                 if state is None:
                     continue
-                meta = {k: v for k, v in info.metadata.items() if k != "thread_id"}
+                ns = info.metadata.get("checkpoint_ns", "")
+                meta = {k: v for k, v in info.metadata.items() if k not in ("thread_id", "latest")}
+                if meta["langgraph"] == KIND_CHECKPOINT:
+                    meta.update(self._latest(dst, ns, meta["checkpoint_id"]))
+                labels = self._labels(ns, meta)
                 new = self.store.snapshot(state, agent_id(dst), info.session_id, description=info.description,
-                                          metadata=meta)
+                                          metadata=meta, labels=labels)
                 _add_info(th, new)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
@@ -1001,10 +1097,20 @@ def _add_info(th: _Thread, info: SnapshotInfo) -> None:
     ns = meta.get("checkpoint_ns", "")
     if kind == KIND_CHECKPOINT:
         cid = meta["checkpoint_id"]
-        th.ckpts.setdefault(ns, {})[cid] = _Ckpt(info.id, cid, meta.get("parent_checkpoint_id"), meta)
-    elif kind == KIND_WRITES and "writes" not in meta:  # format 1: one put_writes call per snapshot
-        meta = {"writes": [[meta["checkpoint_id"], meta.get("task_id", ""), meta.get("keys", ())]]}
+        th.ckpts.setdefault(ns, {})[cid] = _checkpoint(info)
     if kind in (KIND_CHECKPOINT, KIND_WRITES):
         carrier = (ns, meta["checkpoint_id"]) if kind == KIND_CHECKPOINT else None
-        for cid, task_id, keys in meta.get("writes", ()):
+        for cid, task_id, keys in _calls(meta):
             th.writes.setdefault((ns, cid), []).append(_Writes(info.id, cid, task_id, list(keys), carrier))
+
+
+def _checkpoint(info: SnapshotInfo) -> _Ckpt:
+    meta = info.metadata
+    return _Ckpt(info.id, meta["checkpoint_id"], meta.get("parent_checkpoint_id"), meta)
+
+
+def _calls(meta: dict) -> list:
+    """The [checkpoint id, task id, write indexes] of each put_writes call a snapshot carries."""
+    if meta.get("langgraph") == KIND_WRITES and "writes" not in meta:  # format 1: one call per snapshot
+        return [[meta["checkpoint_id"], meta.get("task_id", ""), meta.get("keys", ())]]
+    return meta.get("writes", [])
