@@ -78,7 +78,7 @@ class _Scanned:
 
 
 def snapshot_dir(repo: Repository, path: str, agent_id: str = "default", session_id: str = "default", *,
-                 description: str | None = None, metadata: dict | None = None,
+                 description: str | None = None, metadata: dict | None = None, labels: list[str] | None = None,
                  exclude: Iterable[str] | None = None, progress: Progress | None = None) -> tuple[bytes, dict]:
     """Snapshot the tree at path (a directory, or a single file) as a "dir" snapshot; return (id, fields)."""
     root = os.path.abspath(path)
@@ -88,14 +88,15 @@ def snapshot_dir(repo: Repository, path: str, agent_id: str = "default", session
         raise ConfigurationError(f"cannot snapshot {path}: {e.strerror or e}") from e
     patterns = list(exclude or ())
     parent = _parent_listing(repo, agent_id, session_id)
+    extra = {"labels": labels} if labels else None
     try:
         streams = _build_streams(repo, root, patterns, parent, progress)
         return repo.write("dir", streams, agent_id=agent_id, session_id=session_id,
-                          description=description, metadata=metadata)
+                          description=description, metadata=metadata, extra=extra)
     except ReuseError:
         streams = _build_streams(repo, root, patterns, None, progress)
         return repo.write("dir", streams, agent_id=agent_id, session_id=session_id,
-                          description=description, metadata=metadata)
+                          description=description, metadata=metadata, extra=extra)
 
 
 @dataclass

@@ -138,13 +138,14 @@ class Store:
 
     @observed("snapshot")
     def snapshot_dir(self, path: str, agent_id: str = "default", session_id: str = "default", *,
-                     description: str | None = None, metadata: dict | None = None,
+                     description: str | None = None, metadata: dict | None = None, labels: Iterable[str] = (),
                      exclude: list[str] | None = None, progress: Any = None) -> SnapshotInfo:
         """Snapshot a directory tree (or one file); unchanged files are not re-read. See dirsnap.py."""
         from . import dirsnap
         started = time.perf_counter()
         snap_id, fields = dirsnap.snapshot_dir(self._repo, path, agent_id, session_id, description=description,
-                                               metadata=metadata, exclude=exclude, progress=progress)
+                                               metadata=metadata, labels=check_labels(labels) if labels else None,
+                                               exclude=exclude, progress=progress)
         info = SnapshotInfo.from_fields(snap_id, fields)
         _log_op("snapshot_dir", info, started)
         return info

@@ -94,13 +94,15 @@ def _read_state(data: bytes, fmt: str) -> Any:
 @click.option("--session", "session_id", default="default", show_default=True, help="Session (lineage) of the agent.")
 @click.option("-m", "--description", help="A note stored with the snapshot.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata to attach (repeatable).")
+@click.option("--label", "labels", multiple=True, metavar="LABEL",
+              help="A label to find the snapshot by later (`ls --agent A --label LABEL`; repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths (relative path or name) matching GLOB.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "json", "msgpack"]), default="auto",
               show_default=True, help="Format of a state read from stdin (PATH '-').")
 @json_option
 @pass_app
 def snapshot(app: App, path: str, agent_id: str, session_id: str, description: str | None, meta: tuple[str, ...],
-             exclude: tuple[str, ...], fmt: str, as_json: bool) -> None:
+             labels: tuple[str, ...], exclude: tuple[str, ...], fmt: str, as_json: bool) -> None:
     """Snapshot a directory or file at PATH, or a JSON/msgpack state from stdin with PATH '-'.
 
     A single file is stored as a one-file tree: `restore` recreates it inside a DEST folder.
@@ -110,12 +112,13 @@ def snapshot(app: App, path: str, agent_id: str, session_id: str, description: s
     store = app.store()
     if path == "-":
         state = _read_state(sys.stdin.buffer.read(), fmt)
-        info = store.snapshot(state, agent_id, session_id, description=description, metadata=metadata)
+        info = store.snapshot(state, agent_id, session_id, description=description, metadata=metadata,
+                              labels=labels)
     else:
         if not os.path.lexists(path):
             raise fail(f"{path}: no such file or directory")
         info = store.snapshot_dir(path, agent_id, session_id, description=description, metadata=metadata,
-                                  exclude=list(exclude), progress=app.progress("snapshot"))
+                                  labels=labels, exclude=list(exclude), progress=app.progress("snapshot"))
     if as_json or app.json:
         echo_json(info)
     elif app.quiet:
@@ -196,13 +199,20 @@ def restore(app: App, snapshot_id: str, dest: str, overwrite: bool) -> None:
 @click.command()
 @click.option("--agent", "agent_id", help="Only this agent's snapshots.")
 @click.option("--session", "session_id", help="Only this session (needs --agent).")
+@click.option("--label", help="Only the agent's snapshots written with this label (needs --agent).")
 @json_option
 @pass_app
-def ls(app: App, agent_id: str | None, session_id: str | None, as_json: bool) -> None:
+def ls(app: App, agent_id: str | None, session_id: str | None, label: str | None, as_json: bool) -> None:
     """List snapshots, oldest first."""
     if session_id is not None and agent_id is None:
         raise click.UsageError("--session needs --agent")
-    infos = app.store().list(agent_id, session_id)
+    if label is not None and agent_id is None:
+        raise click.UsageError("--label needs --agent")
+    if label is None:
+        infos = app.store().list(agent_id, session_id)
+    else:
+        infos = [i for i in app.store().find(agent_id, label, refresh=True)
+                 if session_id is None or i.session_id == session_id]
     if as_json or app.json:
         echo_json(infos)
         return
@@ -243,6 +253,8 @@ def show(app: App, snapshot_id: str, as_json: bool) -> None:
              ("chunks", f"{info.chunk_count} ({data['unique_chunks']} unique, {info.new_chunk_count} new)")]
     if info.metadata:
         pairs.append(("metadata", json.dumps(plain(info.metadata), sort_keys=True)))
+    if info.labels:
+        pairs.append(("labels", ", ".join(info.labels)))
     if info.kind == "dir":
         t = data["tree"]
         pairs.append(("tree", f"{t['files']} files ({human_bytes(t['file_bytes'])}), {t['dirs']} dirs, "

@@ -243,3 +243,21 @@ def test_installed_console_script(tmp_path, env):
     snap = json.loads(ok("snapshot", tmp_path / "f.txt", "--json", env=env, entry=exe).stdout)
     ok("restore", snap["id"][:8], tmp_path / "out", env=env, entry=exe)
     assert (tmp_path / "out" / "f.txt").read_text() == "hello"
+
+
+def test_labels_from_snapshot_to_ls_and_show(tmp_path, env):
+    ws = tmp_path / "ws"
+    make_workspace(ws)
+    ok("init", env=env)
+    first = data("snapshot", ws, "--agent", "bot", "--label", "release", "--label", "v1", env=env)
+    ok("snapshot", "-", "--agent", "bot", "--label", "v2", input=b'{"step": 2}', env=env)
+    third = data("snapshot", "-", "--agent", "bot", "--session", "s2", "--label", "release",
+                 input=b'{"step": 3}', env=env)
+    assert first["labels"] == ["release", "v1"] and third["labels"] == ["release"]
+    assert [i["id"] for i in data("ls", "--agent", "bot", "--label", "release", env=env)] == [first["id"], third["id"]]
+    assert [i["id"] for i in data("ls", "--agent", "bot", "--session", "s2", "--label", "release", env=env)] == \
+        [third["id"]]
+    assert data("ls", "--agent", "bot", "--label", "v3", env=env) == []
+    assert "labels" in ok("show", first["id"], env=env).stdout.decode()
+    r = run("ls", "--label", "release", env=env)
+    assert r.returncode != 0 and b"--label needs --agent" in r.stderr
