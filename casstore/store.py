@@ -202,17 +202,14 @@ class Store:
         """Snapshots, oldest first, optionally of one agent or one lineage."""
         if session_id is not None and agent_id is None:
             raise ConfigurationError("session_id needs agent_id")
-        self._learn()
+        self.refresh()
         rows = self._repo.index.lineage(agent_id, session_id)
         infos = [SnapshotInfo.from_fields(sid, f) for sid, f in rows]
         return sorted(infos, key=lambda i: (i.timestamp, i.index))
 
-    def find(self, agent_id: str, label: str, *, refresh: bool = False) -> list[SnapshotInfo]:
+    def find(self, agent_id: str, label: str) -> list[SnapshotInfo]:
         """The agent's snapshots written with this label, oldest first: one index lookup, however
-        long the history. A local repository's index is shared by every writer; for remote
-        storage, refresh first learns what other machines wrote (see sync), which lists the storage."""
-        if refresh:
-            self._learn()
+        long the history. It reads this machine's index (see refresh)."""
         infos = [SnapshotInfo.from_fields(sid, f) for sid, f in self._repo.index.labelled(agent_id, label)]
         return sorted(infos, key=lambda i: (i.timestamp, i.index))
 
@@ -226,10 +223,11 @@ class Store:
         every snapshot of the agent can be found by its labels."""
         return self._repo.index.unlabelled(agent_id)
 
-    def _learn(self) -> None:
-        """Index what other machines wrote to remote storage (local writers share the index)."""
-        if not self._repo.backend.is_local:
-            self._repo.sync()
+    def refresh(self) -> int:
+        """Learn what other machines wrote to remote storage (a listing of it, see sync), and
+        return how many snapshots were new. Every writer to a local folder shares its index,
+        so there it lists nothing and returns 0."""
+        return 0 if self._repo.backend.is_local else self._repo.sync()[0]
 
     def diff(self, a: str, b: str) -> dict:
         """What changed from snapshot a to b: chunks and bytes added and removed, and the

@@ -208,11 +208,12 @@ def ls(app: App, agent_id: str | None, session_id: str | None, label: str | None
         raise click.UsageError("--session needs --agent")
     if label is not None and agent_id is None:
         raise click.UsageError("--label needs --agent")
+    store = app.store()
     if label is None:
-        infos = app.store().list(agent_id, session_id)
+        infos = store.list(agent_id, session_id)
     else:
-        infos = [i for i in app.store().find(agent_id, label, refresh=True)
-                 if session_id is None or i.session_id == session_id]
+        store.refresh()
+        infos = [i for i in store.find(agent_id, label) if session_id is None or i.session_id == session_id]
     if as_json or app.json:
         echo_json(infos)
         return

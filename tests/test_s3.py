@@ -76,6 +76,32 @@ def test_two_machines_share_a_bucket_and_dedup(s3_server, s3_url, tmp_path):
         assert m2.restore(agent_id="a") == {"x": 1} and m2.get_metadata(d.id).agent_id == "a"
 
 
+def test_a_langgraph_saver_on_another_machine_finds_checkpoints_by_label(s3_server, s3_url, tmp_path):
+    """Machine 2's index has never seen the thread: a checkpoint, the latest one and a label
+    lookup are found once it learns what machine 1 wrote (refresh), without listing the thread."""
+    pytest.importorskip("langgraph")
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from casstore.integrations.langgraph import CasstoreSaver
+
+    opts = s3_server.storage_options
+    base = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    with _open(s3_url, opts, tmp_path / "m1") as m1, _open(s3_url, opts, tmp_path / "m2") as m2:
+        saver1, saver2 = CasstoreSaver(m1), CasstoreSaver(m2)
+        cfg = None
+        for i in range(3):
+            c = {**empty_checkpoint(), "id": f"1ef00000-0000-6000-8000-00000000000{i}"}
+            cfg = saver1.put(cfg or base, c, {"source": "loop", "step": i, "parents": {}}, {})
+        assert m2.find("langgraph:t", "c0::" + cfg["configurable"]["checkpoint_id"]) == []
+        assert saver2.get_tuple(base).config == cfg
+        old = {"configurable": {**base["configurable"], "checkpoint_id": "1ef00000-0000-6000-8000-000000000001"}}
+        assert saver2.get_tuple(old).checkpoint["id"] == old["configurable"]["checkpoint_id"]
+        assert m2.refresh() == 0 and m1.refresh() == 0
+        c = {**empty_checkpoint(), "id": "1ef00000-0000-6000-8000-000000000009"}
+        newer = saver1.put(cfg, c, {"source": "loop", "step": 3, "parents": {}}, {})
+        assert saver2.get_tuple(newer).config == newer  # an id it does not know makes it learn
+
+
 # ------------------------------------------------------------------ copy
 
 def test_copy_local_to_s3_to_local_is_exact_and_incremental(s3_server, s3_url, tmp_path):

@@ -615,14 +615,15 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         tid, ns = str(conf["thread_id"]), conf.get("checkpoint_ns", "")
         cid = get_checkpoint_id(config)
         if self._direct(tid):
-            found, ck = self._labelled_checkpoint(tid, ns, cid)
-            if ck is None and cid:  # maybe written on another machine since this one's index learned
-                found, ck = self._labelled_checkpoint(tid, ns, cid, refresh=True)
+            trusted, ck = self._labelled_checkpoint(tid, ns, cid)
+            if ck is None and trusted and self.store.refresh():  # another machine may have written it
+                trusted, ck = self._labelled_checkpoint(tid, ns, cid) if self._direct(tid) else (False, None)
             if ck is not None:
                 return tid, ns, ck, self._labelled_writes(tid, ns, ck.checkpoint_id)
-            if found:
+            if trusted:
                 return None
-            # else the namespace's greatest checkpoint id on record was deleted: the listing knows the rest
+            # else the namespace's greatest checkpoint id on record was deleted, or the thread
+            # turned out to hold unlabelled snapshots: the listing knows the rest
         with self._lock:  # a put on another thread adds to the thread's checkpoints meanwhile
             th = self._thread(tid)
             if cid:
@@ -649,8 +650,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 return False
         return not self.store.count_unlabelled(agent_id(tid))
 
-    def _labelled_checkpoint(self, tid: str, ns: str, cid: str | None, refresh: bool = False
-                             ) -> tuple[bool, _Ckpt | None]:
+    def _labelled_checkpoint(self, tid: str, ns: str, cid: str | None) -> tuple[bool, _Ckpt | None]:
         """(whether to trust a miss, the checkpoint) with this id, or the namespace's latest,
         found by label. The latest is the greatest checkpoint id put in the namespace, which
         its lineage's last snapshot records (see _latest)."""
@@ -663,7 +663,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                 return True, _checkpoint(head)
             found = self.store.find(agent_id(tid), _label("c", ns, cid))
             return False, _checkpoint(found[-1]) if found else None
-        found = self.store.find(agent_id(tid), _label("c", ns, cid), refresh=refresh)
+        found = self.store.find(agent_id(tid), _label("c", ns, cid))
         return True, _checkpoint(found[-1]) if found else None
 
     def _latest(self, tid: str, ns: str, cid: str) -> dict:
