@@ -16,9 +16,9 @@ Databases in one LMDB environment:
 * ``snapseq``: snapshot id (32) -> its sequence number.
 * ``lineage``: agent \\0 session \\0 position (u64 BE) snapshot id -> b"", so a
   prefix scan lists a lineage in order.
-* ``labels``: agent -> 16-byte values (an LMDB dupsort, dupfixed key), each
-  the first 8 bytes of the BLAKE3 of a label the snapshot was written with
-  (manifest field ``labels``) and the snapshot's sequence number, so one
+* ``labels``: agent -> 16-byte values (LMDB dupsort with fixed-size values),
+  each the first 8 bytes of the BLAKE3 of a label a snapshot was written with
+  (manifest field ``labels``) and that snapshot's sequence number, so one
   snapshot of a long history is found by what it is (a LangGraph checkpoint
   id) without listing the history. Fixed-size values pack densely: an entry
   costs 16 bytes, where a key of its own took over 100 with its node header
