@@ -393,6 +393,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         self._owns_store = owns_store
         self._lock = threading.RLock()
         self._threads: OrderedDict[str, _Thread] = OrderedDict()
+        self._labelled: OrderedDict[str, None] = OrderedDict()  # threads known to hold only labelled snapshots
         # (thread, ns, channel) -> the list as last stored or loaded (see _encode_items)
         self._seen: OrderedDict[tuple[str, str, str], _Seen] = OrderedDict()
         self._states = _StateCache(state_cache_bytes)
@@ -413,6 +414,7 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
     def close(self) -> None:
         with self._lock:
             self._threads.clear()
+            self._labelled.clear()
             self._seen.clear()
             self._states.clear()
             self._thawed.clear()
@@ -436,8 +438,10 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         with self._lock:
             if thread_id is None:
                 self._threads.clear()
+                self._labelled.clear()
             else:
                 self._threads.pop(str(thread_id), None)
+                self._labelled.pop(str(thread_id), None)
 
     # ------------------------------------------------------------------ listing cache
     def _thread(self, thread_id: str, reload: bool = False) -> _Thread:
@@ -644,21 +648,29 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         """Whether to find the thread's checkpoints and writes by label: when its listing is not
         cached (that is quicker still) and every snapshot of it carries its labels, as every one
         this version of the saver wrote does (a thread with snapshots from a casstore before
-        labels is read from its listing)."""
+        labels is read from its listing). Once known, that is remembered like a listing (see refresh)."""
         with self._lock:
             if tid in self._threads:
                 return False
-        return not self.store.count_unlabelled(agent_id(tid))
+            if tid in self._labelled:
+                self._labelled.move_to_end(tid)
+                return True
+        if self.store.count_unlabelled(agent_id(tid)):
+            return False
+        with self._lock:
+            self._labelled[tid] = None
+            while len(self._labelled) > MAX_CACHED_THREADS:
+                self._labelled.popitem(last=False)
+        return True
 
     def _labelled_checkpoint(self, tid: str, ns: str, cid: str | None) -> tuple[bool, _Ckpt | None]:
         """(whether to trust a miss, the checkpoint) with this id, or the namespace's latest,
-        found by label. The latest is the greatest checkpoint id put in the namespace, which
-        its lineage's last snapshot records (see _latest)."""
+        found by label. The latest is the greatest checkpoint id put in the namespace (see _greatest)."""
         if not cid:
-            head = self.store.latest(agent_id(tid), session_id(ns))
-            if head is None or head.metadata.get("langgraph") != KIND_CHECKPOINT:
+            head = self._head(tid, ns)
+            if head is None:
                 return True, None
-            cid = head.metadata.get("latest", head.metadata["checkpoint_id"])
+            cid = _greatest(head)
             if cid == head.metadata["checkpoint_id"]:
                 return True, _checkpoint(head)
             found = self.store.find(agent_id(tid), _label("c", ns, cid))
@@ -666,14 +678,16 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         found = self.store.find(agent_id(tid), _label("c", ns, cid))
         return True, _checkpoint(found[-1]) if found else None
 
-    def _latest(self, tid: str, ns: str, cid: str) -> dict:
-        """The metadata field naming the namespace's greatest checkpoint id, when a checkpoint put
-        after it has a smaller one (none when it is its own, as LangGraph's ids grow)."""
+    def _head(self, tid: str, ns: str) -> SnapshotInfo | None:
+        """The last snapshot of the namespace's lineage, when it is a checkpoint."""
         head = self.store.latest(agent_id(tid), session_id(ns))
-        if head is None or head.metadata.get("langgraph") != KIND_CHECKPOINT:
-            return {}
-        before = head.metadata.get("latest", head.metadata["checkpoint_id"])
-        return {"latest": before} if before > cid else {}
+        return head if head is not None and head.metadata.get("langgraph") == KIND_CHECKPOINT else None
+
+    def _greatest(self, tid: str, ns: str) -> str | None:
+        """The greatest checkpoint id put in the namespace so far (see the module's _greatest),
+        or None when the namespace has no checkpoint."""
+        head = self._head(tid, ns)
+        return None if head is None else _greatest(head)
 
     def _labelled_writes(self, tid: str, ns: str, cid: str) -> list[_Writes]:
         """The writes stored for a checkpoint, in commit order, found by label."""
@@ -686,11 +700,6 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         if self._direct(tid):
             return self._labelled_writes(tid, ns, cid)
         return list(self._thread(tid).writes.get((ns, cid), ()))
-
-    def _checkpoint_of(self, tid: str, ns: str, cid: str) -> _Ckpt | None:
-        if self._direct(tid):
-            return self._labelled_checkpoint(tid, ns, cid)[1]
-        return self._thread(tid).ckpts.get(ns, {}).get(cid)
 
     @staticmethod
     def _labels(ns: str, meta: dict) -> list[str]:
@@ -820,8 +829,15 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         desc = f"langgraph {md.get('source', 'checkpoint')} step {md.get('step', '?')}"
         with self._io:
             with self._lock:
-                meta.update(self._latest(tid, ns, cid))
-                old = self._checkpoint_of(tid, ns, cid)
+                greatest = self._greatest(tid, ns)
+                if greatest is not None and greatest > cid:
+                    meta["latest"] = greatest
+                if not self._direct(tid):
+                    old = self._thread(tid).ckpts.get(ns, {}).get(cid)
+                elif greatest is None or cid > greatest:  # a new id, as LangGraph's always are: no lookup
+                    old = None
+                else:
+                    old = self._labelled_checkpoint(tid, ns, cid)[1]
                 # the old snapshot goes unless it carries writes (of any checkpoint, see _commit)
                 replaced = old is not None and not old.meta.get("writes")
             self._commit(tid, ns, state, cost, meta, desc)
@@ -948,8 +964,9 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                     continue
                 ns = info.metadata.get("checkpoint_ns", "")
                 meta = {k: v for k, v in info.metadata.items() if k not in ("thread_id", "latest")}
-                if meta["langgraph"] == KIND_CHECKPOINT:
-                    meta.update(self._latest(dst, ns, meta["checkpoint_id"]))
+                greatest = self._greatest(dst, ns)
+                if meta["langgraph"] == KIND_CHECKPOINT and greatest is not None and greatest > meta["checkpoint_id"]:
+                    meta["latest"] = greatest
                 labels = self._labels(ns, meta)
                 new = self.store.snapshot(state, agent_id(dst), info.session_id, description=info.description,
                                           metadata=meta, labels=labels)
@@ -1102,6 +1119,13 @@ def _add_info(th: _Thread, info: SnapshotInfo) -> None:
         carrier = (ns, meta["checkpoint_id"]) if kind == KIND_CHECKPOINT else None
         for cid, task_id, keys in _calls(meta):
             th.writes.setdefault((ns, cid), []).append(_Writes(info.id, cid, task_id, list(keys), carrier))
+
+
+def _greatest(head: SnapshotInfo) -> str:
+    """The greatest checkpoint id put in a namespace, as the last snapshot of its lineage records
+    it: a checkpoint's metadata holds it as "latest" when it is not its own id (after a put out of
+    id order). No greater checkpoint id exists in the namespace."""
+    return head.metadata.get("latest", head.metadata["checkpoint_id"])
 
 
 def _checkpoint(info: SnapshotInfo) -> _Ckpt:
