@@ -665,12 +665,12 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
 
     def _labelled_checkpoint(self, tid: str, ns: str, cid: str | None) -> tuple[bool, _Ckpt | None]:
         """(whether to trust a miss, the checkpoint) with this id, or the namespace's latest,
-        found by label. The latest is the greatest checkpoint id put in the namespace (see _greatest)."""
+        found by label. The latest is the greatest checkpoint id put in the namespace (see _greatest_of)."""
         if not cid:
             head = self._head(tid, ns)
             if head is None:
                 return True, None
-            cid = _greatest(head)
+            cid = _greatest_of(head)
             if cid == head.metadata["checkpoint_id"]:
                 return True, _checkpoint(head)
             found = self.store.find(agent_id(tid), _label("c", ns, cid))
@@ -684,10 +684,10 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         return head if head is not None and head.metadata.get("langgraph") == KIND_CHECKPOINT else None
 
     def _greatest(self, tid: str, ns: str) -> str | None:
-        """The greatest checkpoint id put in the namespace so far (see the module's _greatest),
-        or None when the namespace has no checkpoint."""
+        """The greatest checkpoint id put in the namespace so far (see _greatest_of), or None
+        when the namespace has no checkpoint."""
         head = self._head(tid, ns)
-        return None if head is None else _greatest(head)
+        return None if head is None else _greatest_of(head)
 
     def _labelled_writes(self, tid: str, ns: str, cid: str) -> list[_Writes]:
         """The writes stored for a checkpoint, in commit order, found by label."""
@@ -964,9 +964,10 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
                     continue
                 ns = info.metadata.get("checkpoint_ns", "")
                 meta = {k: v for k, v in info.metadata.items() if k not in ("thread_id", "latest")}
-                greatest = self._greatest(dst, ns)
-                if meta["langgraph"] == KIND_CHECKPOINT and greatest is not None and greatest > meta["checkpoint_id"]:
-                    meta["latest"] = greatest
+                if meta["langgraph"] == KIND_CHECKPOINT:
+                    greatest = self._greatest(dst, ns)
+                    if greatest is not None and greatest > meta["checkpoint_id"]:
+                        meta["latest"] = greatest
                 labels = self._labels(ns, meta)
                 new = self.store.snapshot(state, agent_id(dst), info.session_id, description=info.description,
                                           metadata=meta, labels=labels)
@@ -1121,7 +1122,7 @@ def _add_info(th: _Thread, info: SnapshotInfo) -> None:
             th.writes.setdefault((ns, cid), []).append(_Writes(info.id, cid, task_id, list(keys), carrier))
 
 
-def _greatest(head: SnapshotInfo) -> str:
+def _greatest_of(head: SnapshotInfo) -> str:
     """The greatest checkpoint id put in a namespace, as the last snapshot of its lineage records
     it: a checkpoint's metadata holds it as "latest" when it is not its own id (after a put out of
     id order). No greater checkpoint id exists in the namespace."""
