@@ -214,7 +214,8 @@ class Store:
         return sorted(infos, key=lambda i: (i.timestamp, i.index))
 
     def latest(self, agent_id: str, session_id: str = "default") -> SnapshotInfo | None:
-        """The lineage's latest snapshot, or None when it has none."""
+        """The lineage's latest snapshot, or None when it has none, as this machine's index knows
+        it (see refresh)."""
         found = self._repo.index.head(agent_id, session_id)
         return None if found is None else SnapshotInfo.from_fields(*found)
 
