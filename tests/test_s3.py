@@ -101,6 +101,18 @@ def test_a_langgraph_saver_on_another_machine_finds_checkpoints_by_label(s3_serv
         newer = saver1.put(cfg, c, {"source": "loop", "step": 3, "parents": {}}, {})
         assert saver2.get_tuple(newer).config == newer  # an id it does not know makes it learn
 
+        # a thread machine 2 first sees as all labelled, then learns holds an unlabelled snapshot
+        legacy = {"configurable": {"thread_id": "u", "checkpoint_ns": ""}}
+        assert saver2.get_tuple(legacy) is None
+        c = {**empty_checkpoint(), "id": "1ef00000-0000-6000-8000-000000000001"}
+        cfg = saver1.put(legacy, c, {"source": "loop", "step": 0, "parents": {}}, {})
+        typed, data = saver1.serde.dumps_typed("legacy value")
+        m1.snapshot({"format": 1, "writes": [["task-1", "ch", 0, "", typed.encode() + b"\0" + data]]},
+                    "langgraph:u", "default#writes",
+                    metadata={"langgraph": "writes", "checkpoint_ns": "", "checkpoint_id": c["id"],
+                              "task_id": "task-1", "keys": [0]})
+        assert saver2.get_tuple(cfg).pending_writes == [("task-1", "ch", "legacy value")]
+
 
 # ------------------------------------------------------------------ copy
 

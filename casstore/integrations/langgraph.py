@@ -621,6 +621,8 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
         if self._direct(tid):
             trusted, ck = self._labelled_checkpoint(tid, ns, cid)
             if ck is None and trusted and self.store.refresh():  # another machine may have written it
+                with self._lock:  # and what it wrote may hold unlabelled snapshots: count them again
+                    self._labelled.pop(tid, None)
                 trusted, ck = self._labelled_checkpoint(tid, ns, cid) if self._direct(tid) else (False, None)
             if ck is not None:
                 return tid, ns, ck, self._labelled_writes(tid, ns, ck.checkpoint_id)
@@ -666,17 +668,16 @@ class CasstoreSaver(BaseCheckpointSaver[int], AbstractContextManager, AbstractAs
     def _labelled_checkpoint(self, tid: str, ns: str, cid: str | None) -> tuple[bool, _Ckpt | None]:
         """(whether to trust a miss, the checkpoint) with this id, or the namespace's latest,
         found by label. The latest is the greatest checkpoint id put in the namespace (see _greatest_of)."""
+        trusted = True
         if not cid:
             head = self._head(tid, ns)
             if head is None:
                 return True, None
-            cid = _greatest_of(head)
+            cid, trusted = _greatest_of(head), False
             if cid == head.metadata["checkpoint_id"]:
                 return True, _checkpoint(head)
-            found = self.store.find(agent_id(tid), _label("c", ns, cid))
-            return False, _checkpoint(found[-1]) if found else None
         found = self.store.find(agent_id(tid), _label("c", ns, cid))
-        return True, _checkpoint(found[-1]) if found else None
+        return trusted, _checkpoint(found[-1]) if found else None
 
     def _head(self, tid: str, ns: str) -> SnapshotInfo | None:
         """The last snapshot of the namespace's lineage, when it is a checkpoint."""
