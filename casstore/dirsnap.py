@@ -78,7 +78,7 @@ class _Scanned:
 
 
 def snapshot_dir(repo: Repository, path: str, agent_id: str = "default", session_id: str = "default", *,
-                 description: str | None = None, metadata: dict | None = None, labels: list[str] | None = None,
+                 description: str | None = None, metadata: dict | None = None, labels: Iterable[str] = (),
                  exclude: Iterable[str] | None = None, progress: Progress | None = None) -> tuple[bytes, dict]:
     """Snapshot the tree at path (a directory, or a single file) as a "dir" snapshot; return (id, fields)."""
     root = os.path.abspath(path)

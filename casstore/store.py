@@ -121,7 +121,8 @@ class Store:
         """Store state; only chunks the repository lacks are written. labels are strings the
         snapshot can be found by later within its agent (see find), without listing the history."""
         started = time.perf_counter()
-        extra: dict = {"labels": check_labels(labels)} if labels else {}
+        labels = check_labels(labels)
+        extra: dict = {"labels": labels} if labels else {}
         structure, blobs = codec.encode(state, allow_pickle=allow_pickle)
         streams = [Stream(b.data, b.row_bytes, b.itemsize, structure=b.small_chunks, item_ends=b.item_ends)
                    for b in blobs]
@@ -144,7 +145,7 @@ class Store:
         from . import dirsnap
         started = time.perf_counter()
         snap_id, fields = dirsnap.snapshot_dir(self._repo, path, agent_id, session_id, description=description,
-                                               metadata=metadata, labels=check_labels(labels) if labels else None,
+                                               metadata=metadata, labels=check_labels(labels),
                                                exclude=exclude, progress=progress)
         info = SnapshotInfo.from_fields(snap_id, fields)
         _log_op("snapshot_dir", info, started)

@@ -316,22 +316,26 @@ class Index:
         with self.env.begin(write=True) as txn:
             for pack_id, size, entries in packs:
                 self._put_pack(txn, pack_id, size, entries)
+            current = self._labels_current(txn)
+            last = None
             for snap_id, fields in snapshots:
-                self._put_summary(txn, snap_id, fields, msgpack.packb(fields, use_bin_type=True))
+                seq = self._put_summary(txn, snap_id, fields, msgpack.packb(fields, use_bin_type=True))
+                last = (seq, snap_id) if seq is not None else last
+            if current and last is not None:
+                self._mark_labelled(txn, *last)
 
-    def _put_summary(self, txn: lmdb.Transaction, snap_id: bytes, fields: dict, raw: bytes) -> None:
-        """Record one snapshot: its summary appended under the next sequence number."""
+    def _put_summary(self, txn: lmdb.Transaction, snap_id: bytes, fields: dict, raw: bytes) -> bytes | None:
+        """Record one snapshot, its summary appended under the next sequence number, which is
+        returned (None when the snapshot was known already)."""
         if txn.get(snap_id, db=self._snaps) is not None:
-            return
-        current = self._labels_current(txn)
+            return None
         cur = txn.cursor(db=self._summaries)
         seq = _POS.pack(_POS.unpack(cur.key())[0] + 1 if cur.last() else 0)
         txn.put(seq, manifest.pack(raw), append=True, db=self._summaries)
         txn.put(snap_id, seq, db=self._snaps)
         txn.put(_lineage_key(fields, snap_id), b"", db=self._lineage)
         self._add_labels(txn, fields, seq, 1)
-        if current:
-            self._mark_labelled(txn, seq, snap_id)
+        return seq
 
     def _summary(self, txn: lmdb.Transaction, seq: bytes | None) -> dict | None:
         raw = None if seq is None else txn.get(seq, db=self._summaries)
