@@ -2,7 +2,7 @@
 
 from .codec import register_codec
 from .errors import (AuthenticationError, CasstoreError, ChunkNotFoundError, ConfigurationError, IntegrityError,
-                     SerializationError, SnapshotNotFoundError, StorageError)
+                     PathNotFoundError, SerializationError, SnapshotNotFoundError, StorageError)
 from .gc import GCReport
 from .store import SnapshotInfo, Stats, Store, open
 from .verify import Problem, VerifyReport, verify_without_key
@@ -14,5 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "open", "Store", "SnapshotInfo", "Stats", "Proof", "verify_proof", "VerifyReport", "Problem", "GCReport", "register_codec",
     "CasstoreError", "ChunkNotFoundError", "SnapshotNotFoundError", "IntegrityError", "StorageError", "ConfigurationError",
-    "SerializationError", "AuthenticationError", "verify_without_key",
+    "SerializationError", "AuthenticationError", "PathNotFoundError", "verify_without_key",
 ]

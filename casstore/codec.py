@@ -43,11 +43,11 @@ import sys
 import uuid
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgpack
 
-from .errors import SerializationError
+from .errors import PathNotFoundError, SerializationError
 from .utf8view import utf8
 
 BIG_LEAF = 64 * 1024  # leaves at least this large become their own blobs
@@ -192,6 +192,96 @@ def decode(structure: bytes | memoryview, blob_region: memoryview | None = None,
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, IndexError) as e:
         raise SerializationError(f"stored state does not decode: {e}") from e
+
+
+def decode_at(structure: bytes | memoryview, blob_region: Any, path: Sequence[Any], *,
+              allow_pickle: bool = False) -> Any:
+    """The value at path inside the state (keys of dicts, indexes of lists and tuples, field
+    names of objects), decoded alone: blob_region is sliced only for the blobs and list
+    streams on the way there and under it, so a caller can hand in a region that reads
+    storage on demand (see Store.restore). PathNotFoundError names the first step that fails.
+
+    The structure is unpacked with every container extension (tuples, sets, objects, blobs,
+    list streams) left as a _Deferred; the steps of path open the ones on the way, and the
+    value found is then decoded in full, as decode would.
+    """
+    made: dict[int, str] = {}
+
+    def eager(code: int, data: bytes) -> Any:
+        return _decode_ext(code, data, blob_region, eager, allow_pickle, made)
+
+    def lazy(code: int, data: bytes) -> Any:
+        if code in _DEFERRED:
+            return _Deferred(code, data)
+        return _decode_ext(code, data, blob_region, lazy, allow_pickle, made)
+
+    def force(value: Any) -> Any:
+        t = type(value)
+        if t is _Deferred:
+            return _decode_ext(value.code, value.data, blob_region, eager, allow_pickle, made)
+        if t is dict:
+            return {force(k): force(v) for k, v in value.items()}
+        if t is list:
+            return [force(v) for v in value]
+        return value
+
+    def step(value: Any, key: Any, where: str) -> Any:
+        if type(value) is _Deferred:
+            if value.code in (EXT_LIST, EXT_TUPLE):
+                inner = msgpack.unpackb(value.data, ext_hook=lazy, raw=False, strict_map_key=False, use_list=True)
+                value = _decode_list(inner, blob_region, lazy) if value.code == EXT_LIST else inner
+            else:
+                value = force(value)
+        if type(value) is dict:
+            if key in value:
+                return value[key]
+            for k, v in value.items():   # a key that is itself an extension (a tuple, a UUID...)
+                if type(k) is _Deferred and force(k) == key:
+                    return v
+            raise PathNotFoundError(f"{where} has no key {key!r}")
+        if type(value) is list:
+            index = _index(key, where)
+            if not -len(value) <= index < len(value):
+                raise PathNotFoundError(f"{where} has {len(value)} items, no item {key!r}")
+            return value[index]
+        if isinstance(key, str) and (dataclasses.is_dataclass(value) or _is_pydantic(type(value))):
+            try:
+                return getattr(value, key)
+            except AttributeError:
+                raise PathNotFoundError(f"{where} (a {type(value).__name__}) has no field {key!r}") from None
+        raise PathNotFoundError(f"{where} is a {type(value).__name__}, which has no item {key!r}")
+
+    try:
+        value = msgpack.unpackb(structure, ext_hook=lazy, raw=False, strict_map_key=False, use_list=True)
+        where = "state"
+        for key in path:
+            value = step(value, key, where)
+            where += f"[{key!r}]"
+        return force(value)
+    except (SerializationError, PathNotFoundError):
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, IndexError) as e:
+        raise SerializationError(f"stored state does not decode: {e}") from e
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """An extension value not decoded yet (see decode_at); hashable, as a dict key may be one."""
+
+    code: int
+    data: bytes
+
+
+_DEFERRED = frozenset({EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_BLOB, EXT_LIST, EXT_OBJECT, EXT_PICKLE})
+
+
+def _index(key: Any, where: str) -> int:
+    """A list index from an int, or from a string of decimal digits (as a command line gives it)."""
+    if type(key) is int:
+        return key
+    if isinstance(key, str) and key.lstrip("-").isdigit():
+        return int(key)
+    raise PathNotFoundError(f"{where} is a list; {key!r} is not an index")
 
 
 class _Encoder:

@@ -15,6 +15,10 @@ class ChunkNotFoundError(CasstoreError, LookupError):
     """A chunk hash is not part of the snapshot it was asked about."""
 
 
+class PathNotFoundError(CasstoreError, LookupError):
+    """A path asked for inside a snapshot's state (restore's path) leads to nothing there."""
+
+
 class IntegrityError(CasstoreError):
     """Stored bytes do not match their hash or their declared format."""
 

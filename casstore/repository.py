@@ -580,6 +580,15 @@ class Repository:
         return tree.leaf_entries(fields["root"], fields["height"],
                                  lambda hashes: self.fetch_nodes(hashes, windows=windows))
 
+    def read_span(self, fields: dict, start: int, end: int) -> memoryview:
+        """Bytes [start, end) of the snapshot, walking only the tree nodes over them (see
+        tree.span_entries): a part of a state, without the chunk list of the rest."""
+        windows: Windows = {}
+        fetch = self.fetch_nodes if self.backend.is_local else (
+            lambda hashes: self.fetch_nodes(hashes, windows=windows))
+        base, entries = tree.span_entries(fields["root"], fields["height"], fetch, start, end)
+        return self.read(fields, start - base, end - base, entries=entries)
+
     def read(self, fields: dict, start: int = 0, end: int | None = None,
              entries: list[tree.Entry] | None = None, into: dict[int, memoryview] | None = None) -> memoryview:
         """The snapshot's logical bytes [start, end): structure stream, then blobs.

@@ -16,7 +16,7 @@ from .backend import Backend
 from .cache import DEFAULT_CACHE_BYTES
 from .config import resolve_url
 from .copy import CopyReport, copy_snapshots
-from .errors import ChunkNotFoundError, ConfigurationError, IntegrityError, SnapshotNotFoundError
+from .errors import ChunkNotFoundError, ConfigurationError, IntegrityError, PathNotFoundError, SnapshotNotFoundError
 from .index.db import check_labels
 from .config import RepoConfig
 from .repository import Repository, Stream
@@ -161,12 +161,22 @@ class Store:
     # reading ------------------------------------------------------------
     @observed("restore")
     def restore(self, id: str | None = None, *, agent_id: str | None = None, session_id: str | None = None,
-                allow_pickle: bool = False) -> Any:
-        """The state of a snapshot, by id (or unique prefix) or the latest of a lineage."""
+                path: Any = None, allow_pickle: bool = False) -> Any:
+        """The state of a snapshot, by id (or unique prefix) or the latest of a lineage.
+
+        With path, only the value at that path inside the state: a sequence of steps (dict
+        keys, list or tuple indexes, object field names), or one key. Only the chunks of the
+        state's structure and of the blobs on the way and under the value are read, so one
+        entry of a state that also holds a big array costs what that entry costs.
+        PathNotFoundError names the step that leads nowhere."""
         started = time.perf_counter()
         snap_id, fields = self._pick(id, agent_id, session_id)
         if fields["kind"] != "state":
             raise ConfigurationError(f"snapshot {snap_id.hex()} is a directory snapshot; use restore_dir")
+        if path is not None:
+            value = self._restore_at(snap_id, fields, _steps(path), allow_pickle)
+            _log_op("restore", SnapshotInfo.from_fields(snap_id, fields), started)
+            return value
         try:
             entries = self._repo.entries(fields)
             strings = _new_strings(fields.get("ascii") or [], entries) if fields.get("tail") else {}
@@ -187,6 +197,18 @@ class Store:
             state = codec.decode(view[:fields["struct"]], view[fields["struct"]:], allow_pickle=allow_pickle)
         _log_op("restore", SnapshotInfo.from_fields(snap_id, fields), started)
         return state
+
+    def _restore_at(self, snap_id: bytes, fields: dict, steps: tuple, allow_pickle: bool) -> Any:
+        """The value at steps inside a state: its structure stream read whole, its blob region
+        slice by slice as the decoder asks for it (see codec.decode_at)."""
+        tail = bool(fields.get("tail"))
+        split = fields["raw"] - fields["struct"] if tail else fields["struct"]
+        try:
+            structure = self._repo.read_span(fields, *((split, fields["raw"]) if tail else (0, split)))
+            region = _StoredRegion(self._repo, fields, 0 if tail else split, fields["raw"] - fields["struct"])
+            return codec.decode_at(structure, region, steps, allow_pickle=allow_pickle)
+        except (IntegrityError, PathNotFoundError) as e:
+            raise type(e)(f"snapshot {snap_id.hex()}: {e}") from e
 
     def get_metadata(self, id: str) -> SnapshotInfo:
         sid = self._repo.resolve(id)
@@ -417,6 +439,29 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
         raise ConfigurationError(f"repository {repo.backend.url} is not encrypted; "
                                  f"{'it existed before this call' if encrypt else 'it takes no password'}")
     return Store(repo)
+
+
+def _steps(path: Any) -> tuple:
+    """restore's path as steps: a list or tuple is one step per element, anything else one step."""
+    return tuple(path) if isinstance(path, (list, tuple)) else (path,)
+
+
+class _StoredRegion:
+    """A snapshot's blob region that reads storage only for the slices taken of it (see
+    codec.decode_at): size bytes from logical offset base of the snapshot."""
+
+    def __init__(self, repo: Repository, fields: dict, base: int, size: int) -> None:
+        self._repo, self._fields = repo, fields
+        self._base, self._size = base, size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, span: slice) -> memoryview:
+        start, stop, _ = span.indices(self._size)
+        if stop <= start:
+            return memoryview(b"")
+        return self._repo.read_span(self._fields, self._base + start, self._base + stop)
 
 
 def _new_strings(spans: list[list[int]], entries: list[tree.Entry]) -> dict[int, tuple[str, memoryview]]:

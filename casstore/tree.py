@@ -203,6 +203,35 @@ def leaf_entries(root: bytes, height: int, fetch: FetchNodes) -> list[Entry]:
     return [e for _, entries in walk_levels(root, height, fetch)[-1] for e in entries]
 
 
+def span_entries(root: bytes, height: int, fetch: FetchNodes, start: int, end: int) -> tuple[int, list[Entry]]:
+    """(offset of the first, chunks) covering bytes [start, end) of the snapshot: only the nodes
+    over that span are read, a level at a time, as a part of a state is restored without the
+    rest (each node's size is checked against its children's)."""
+    if not 1 <= height <= MAX_HEIGHT:
+        raise IntegrityError(f"tree height {height} is outside 1..{MAX_HEIGHT}")
+    picked: list[Entry] = [(root, -1)]
+    base = 0
+    for level in range(height - 1, -1, -1):
+        data = fetch(list(dict.fromkeys(h for h, _ in picked)))
+        pos, first, kept = base, None, []
+        for h, size in picked:
+            _, children = decode_node(data[h], level)
+            if size >= 0 and sum(n for _, n in children) != size:
+                raise IntegrityError(f"tree node {h.hex()} holds {sum(n for _, n in children)} bytes; "
+                                     f"its parent says {size}")
+            for child in children:
+                n = child[1]
+                if pos + n > start and pos < end:
+                    if first is None:
+                        first = pos
+                    kept.append(child)
+                pos += n
+        if pos < end and kept:
+            raise IntegrityError(f"chunk tree covers {pos} bytes, fewer than the {end} asked for")
+        base, picked = (pos if first is None else first), kept
+    return base, picked
+
+
 def node_hashes(root: bytes, height: int, fetch: FetchNodes) -> list[bytes]:
     return [h for row in walk_levels(root, height, fetch) for h, _ in row]
 
