@@ -177,19 +177,25 @@ def _write_state(state: Any, dest: str, overwrite: bool) -> int:
 @click.argument("snapshot_id", metavar="ID")
 @click.argument("dest")
 @click.option("--overwrite", is_flag=True, help="Restore into a non-empty folder / over an existing file.")
+@click.option("--path", "steps", multiple=True, metavar="KEY",
+              help="Restore only the value at this key of the state (repeat to go deeper: a dict key, a list "
+                   "index, a field name); only what that value needs is read.")
 @pass_app
-def restore(app: App, snapshot_id: str, dest: str, overwrite: bool) -> None:
+def restore(app: App, snapshot_id: str, dest: str, overwrite: bool, steps: tuple[str, ...]) -> None:
     """Restore snapshot ID: a directory snapshot into folder DEST, a state into file DEST.
 
-    A state is written as JSON when DEST ends in .json (or is '-', stdout), as msgpack otherwise.
+    A state (or the part of it --path names) is written as JSON when DEST ends in .json (or is
+    '-', stdout), as msgpack otherwise.
     """
     store = app.store()
     info = store.get_metadata(snapshot_id)
     if info.kind == "dir":
+        if steps:
+            raise fail(f"snapshot {info.id[:12]} is a directory snapshot; --path applies to state snapshots")
         store.restore_dir(info.id, dest, overwrite=overwrite, progress=app.progress("restore"))
         app.info(f"restored {info.id[:12]} ({human_bytes(info.raw_size)}) into {os.path.abspath(dest)}")
         return
-    n = _write_state(store.restore(info.id), dest, overwrite)
+    n = _write_state(store.restore(info.id, path=steps) if steps else store.restore(info.id), dest, overwrite)
     if dest != "-":
         app.info(f"restored {info.id[:12]} into {dest} ({human_bytes(n)})")
 

@@ -261,3 +261,23 @@ def test_labels_from_snapshot_to_ls_and_show(tmp_path, env):
     assert "labels" in ok("show", first["id"], env=env).stdout.decode()
     r = run("ls", "--label", "release", env=env)
     assert r.returncode != 0 and b"--label needs --agent" in r.stderr
+
+
+def test_restore_part_of_a_state_by_path(tmp_path, env):
+    ws = tmp_path / "ws"
+    make_workspace(ws)
+    ok("init", env=env)
+    state = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+             "memory": {"facts": ["a", "b"]}}
+    snap = data("snapshot", "-", "--agent", "chat", env=env, input=json.dumps(state).encode())
+    out = ok("restore", snap["id"], "-", "--path", "memory", "--path", "facts", env=env).stdout
+    assert json.loads(out) == ["a", "b"]
+    ok("restore", snap["id"], tmp_path / "last.json", "--path", "messages", "--path", "-1", env=env)
+    assert json.loads((tmp_path / "last.json").read_text()) == {"role": "assistant", "content": "hello"}
+    missing = run("restore", snap["id"], "-", "--path", "memory", "--path", "plans", env=env)
+    assert missing.returncode == 1 and b"state['memory'] has no key 'plans'" in missing.stderr
+    assert snap["id"].encode() in missing.stderr
+    folder = data("snapshot", ws, env=env)
+    refused = run("restore", folder["id"], tmp_path / "out", "--path", "uploads", env=env)
+    assert refused.returncode == 1 and b"--path applies to state snapshots" in refused.stderr
+    assert not (tmp_path / "out").exists()
