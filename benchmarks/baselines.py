@@ -98,6 +98,13 @@ class FullZstdBaseline:
     def restore(self, snap_id: str) -> Any:
         return unpack_state(self.dctx.decompress((self.dir / snap_id).read_bytes()))
 
+    def restore_part(self, snap_id: str, path: tuple) -> Any:
+        """One value of a snapshot: a whole file must be read and unpacked to get at it."""
+        value = self.restore(snap_id)
+        for key in path:
+            value = value[key]
+        return value
+
     def close(self) -> None:
         pass
 

@@ -14,7 +14,7 @@ from .workloads import chat_states
 def run(ctx: Context) -> list[dict[str, Any]]:
     turns = 30 if ctx.quick else 300
     rows = run_state_workload(ctx, "chat", chat_states(turns=turns, seed=0), turns,
-                              state_tools(cli_wanted(ctx)), keep=copy.deepcopy)
+                              state_tools(cli_wanted(ctx)), keep=copy.deepcopy, part=("memory",))
     cas = find(rows, "casstore")
     return rows + [
         target_row("chat", "raw/stored", cas.get("raw_over_stored"), ">=", 100, ">= 100"),

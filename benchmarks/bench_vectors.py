@@ -15,7 +15,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             else dict(rows=20000, dim=768, steps=30, grow=200, overwrite=20))
     # vector_states yields fresh dicts and arrays, so states can be kept as they are.
     rows = run_state_workload(ctx, "vectors", vector_states(seed=0, **size), size["steps"],
-                              state_tools(cli_wanted(ctx)), keep=lambda s: s)
+                              state_tools(cli_wanted(ctx)), keep=lambda s: s, part=("ids",))
     cas = find(rows, "casstore")
     return rows + [
         target_row("vectors", "raw/stored", cas.get("raw_over_stored"), ">=", 25, ">= 25"),

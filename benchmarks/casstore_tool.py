@@ -42,6 +42,9 @@ class CasstoreTool:
     def restore(self, snap_id: str) -> Any:
         return self.store.restore(snap_id)
 
+    def restore_part(self, snap_id: str, path: tuple) -> Any:
+        return self.store.restore(snap_id, path=path)
+
     def drop_caches(self) -> None:
         """Empty casstore's in-process chunk cache, so the next restore reads storage like a new process."""
         self.store.drop_caches()

@@ -209,7 +209,7 @@ RESULT_COLUMNS = [
     ("snapshots", "snaps", ""), ("raw_bytes", "raw MB", "MB"), ("stored_bytes", "stored MB", "MB"),
     ("raw_over_stored", "raw/stored", ""), ("snapshot_median_s", "snap med ms", "ms"),
     ("snapshot_p95_s", "snap p95 ms", "ms"), ("restore_median_s", "restore med ms", "ms"),
-    ("restore_warm_median_s", "warm restore ms", "ms"),
+    ("restore_warm_median_s", "warm restore ms", "ms"), ("restore_part_median_s", "part restore ms", "ms"),
     ("snapshot_time_vs_zstd", "snap/zstd", ""), ("restore_time_vs_zstd", "restore/zstd", ""),
     ("restore_ok", "equal", ""),
 ]

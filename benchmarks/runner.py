@@ -33,6 +33,7 @@ class Lane:
     extras: list[dict[str, Any]] = field(default_factory=list)
     restore_times: list[float] = field(default_factory=list)
     warm_restore_times: list[float] = field(default_factory=list)
+    part_restore_times: list[float] = field(default_factory=list)
     restore_ok: bool | None = None
     mismatch: str | None = None
     error_trace: str | None = None
@@ -77,8 +78,9 @@ def open_lanes(ctx: Context, bench: str, factories: dict[str, Callable[[Path], A
 
 def run_state_workload(ctx: Context, bench: str, states: Iterable[Any], n_steps: int,
                        factories: dict[str, Callable[[Path], Any]],
-                       keep: Callable[[Any], Any]) -> list[dict[str, Any]]:
-    """Snapshot each state with every tool, then restore and check the sampled ones."""
+                       keep: Callable[[Any], Any], part: tuple = ()) -> list[dict[str, Any]]:
+    """Snapshot each state with every tool, then restore and check the sampled ones; with part
+    (a path of keys), also time a cold restore of just that value, by tools that have restore_part."""
     lanes = open_lanes(ctx, bench, factories)
     samples = sorted({0, n_steps // 2, n_steps - 1})
     kept: dict[int, Any] = {}
@@ -97,6 +99,9 @@ def run_state_workload(ctx: Context, bench: str, states: Iterable[Any], n_steps:
                     del restored
                     if bad:
                         lane.mismatch = lane.mismatch or f"step {step}: {bad}"
+                if part and hasattr(lane.tool, "restore_part"):
+                    bad = _time_part(lane, step, part, kept[step])
+                    lane.mismatch = lane.mismatch or bad
             lane.restore_ok = lane.mismatch is None
         except Exception as exc:
             lane.fail(exc)
@@ -155,6 +160,19 @@ def _cold_then_warm(lane: Lane, restore: Callable[[str], Any], snap_id: str) -> 
     yield restored
 
 
+def _time_part(lane: Lane, step: int, part: tuple, kept: Any) -> str | None:
+    """Time a cold restore of the value at part (see _cold_then_warm); the first difference, if any."""
+    drop = getattr(lane.tool, "drop_caches", None)
+    if drop is not None:
+        drop()
+    got, seconds = timed(lane.tool.restore_part, lane.ids[step], part)
+    lane.part_restore_times.append(seconds)
+    for key in part:
+        kept = kept[key]
+    bad = states_equal(kept, got, f"state{''.join(f'[{k!r}]' for k in part)}")
+    return f"step {step}: {bad}" if bad else None
+
+
 def _snapshot_step(lanes: list[Lane], method: str, what: Any, step: int) -> None:
     """Every live lane snapshots `what` (a state or a folder) once, timed; a failure retires the lane."""
     for lane in lanes:
@@ -192,6 +210,7 @@ def _rows(bench: str, lanes: list[Lane]) -> list[dict[str, Any]]:
             "restore_times_s": lane.restore_times if done else None,
             "restore_warm_median_s": median(lane.warm_restore_times) if done else None,
             "restore_warm_times_s": lane.warm_restore_times if done else None,
+            "restore_part_median_s": median(lane.part_restore_times) if done and lane.part_restore_times else None,
             "restore_ok": lane.restore_ok if done else None,
         }
         if lane.mismatch:
