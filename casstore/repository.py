@@ -580,10 +580,12 @@ class Repository:
         return tree.leaf_entries(fields["root"], fields["height"],
                                  lambda hashes: self.fetch_nodes(hashes, windows=windows))
 
-    def read_span(self, fields: dict, start: int, end: int) -> memoryview:
+    def read_span(self, fields: dict, start: int, end: int, windows: Windows | None = None) -> memoryview:
         """Bytes [start, end) of the snapshot, walking only the tree nodes over them (see
-        tree.span_entries): a part of a state, without the chunk list of the rest."""
-        windows: Windows = {}
+        tree.span_entries): a part of a state, without the chunk list of the rest. Remote reads
+        of one snapshot's spans pass the same windows (see entries), so later walks find their
+        nodes in the bytes the first one read."""
+        windows = {} if windows is None else windows
         fetch = self.fetch_nodes if self.backend.is_local else (
             lambda hashes: self.fetch_nodes(hashes, windows=windows))
         base, entries = tree.span_entries(fields["root"], fields["height"], fetch, start, end)

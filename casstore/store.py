@@ -203,9 +203,10 @@ class Store:
         slice by slice as the decoder asks for it (see codec.decode_at)."""
         tail = bool(fields.get("tail"))
         split = fields["raw"] - fields["struct"] if tail else fields["struct"]
+        windows: dict = {}
         try:
-            structure = self._repo.read_span(fields, *((split, fields["raw"]) if tail else (0, split)))
-            region = _StoredRegion(self._repo, fields, 0 if tail else split, fields["raw"] - fields["struct"])
+            structure = self._repo.read_span(fields, *((split, fields["raw"]) if tail else (0, split)), windows)
+            region = _StoredRegion(self._repo, fields, 0 if tail else split, fields["raw"] - fields["struct"], windows)
             return codec.decode_at(structure, region, steps, allow_pickle=allow_pickle)
         except (IntegrityError, PathNotFoundError) as e:
             raise type(e)(f"snapshot {snap_id.hex()}: {e}") from e
@@ -442,16 +443,23 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
 
 
 def _steps(path: Any) -> tuple:
-    """restore's path as steps: a list or tuple is one step per element, anything else one step."""
-    return tuple(path) if isinstance(path, (list, tuple)) else (path,)
+    """restore's path as steps: a list or tuple is one step per element, anything else one step.
+    Every step must be hashable, as a dict key, index or field name is."""
+    steps = tuple(path) if isinstance(path, (list, tuple)) else (path,)
+    for step in steps:
+        try:
+            hash(step)
+        except TypeError:
+            raise ConfigurationError(f"restore path step {step!r} is not a key, index or field name") from None
+    return steps
 
 
 class _StoredRegion:
     """A snapshot's blob region that reads storage only for the slices taken of it (see
     codec.decode_at): size bytes from logical offset base of the snapshot."""
 
-    def __init__(self, repo: Repository, fields: dict, base: int, size: int) -> None:
-        self._repo, self._fields = repo, fields
+    def __init__(self, repo: Repository, fields: dict, base: int, size: int, windows: dict) -> None:
+        self._repo, self._fields, self._windows = repo, fields, windows
         self._base, self._size = base, size
 
     def __len__(self) -> int:
@@ -461,7 +469,7 @@ class _StoredRegion:
         start, stop, _ = span.indices(self._size)
         if stop <= start:
             return memoryview(b"")
-        return self._repo.read_span(self._fields, self._base + start, self._base + stop)
+        return self._repo.read_span(self._fields, self._base + start, self._base + stop, self._windows)
 
 
 def _new_strings(spans: list[list[int]], entries: list[tree.Entry]) -> dict[int, tuple[str, memoryview]]:

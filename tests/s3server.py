@@ -173,7 +173,8 @@ class FaultProxy:
     proxy.reset_next(1)             # the next request's connection is reset (RST)
     proxy.truncate_next(1)          # the next response is cut off mid-body, then RST
     proxy.counts["PUT"]             # requests seen, by kind: PUT GET HEAD LIST DELETE POST
-    proxy.reset_counts()
+    proxy.bytes_out                 # response body bytes sent to the client
+    proxy.reset_counts()            # both back to zero
     """
 
     def __init__(self, upstream: str) -> None:
@@ -182,6 +183,7 @@ class FaultProxy:
         self.upstream_port = parts.port or 80
         self.latency = 0.0
         self.counts: Counter[str] = Counter()
+        self.bytes_out = 0
         self._faults: list[dict] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -213,6 +215,7 @@ class FaultProxy:
     def reset_counts(self) -> None:
         with self._lock:
             self.counts.clear()
+            self.bytes_out = 0
 
     @property
     def storage_options(self) -> dict:
@@ -334,6 +337,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if not sent_length and self.command != "HEAD":
             self.send_header("Content-Length", str(len(payload)))
+            with owner._lock:
+                owner.bytes_out += len(payload)
         elif not sent_length:
             self.send_header("Content-Length", "0")
         self.end_headers()

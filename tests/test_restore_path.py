@@ -83,6 +83,12 @@ def test_a_path_to_nothing_names_the_step_and_the_snapshot(store, path, message)
     assert isinstance(e.value, LookupError)
 
 
+def test_a_step_that_cannot_be_a_key_is_refused_before_reading(store):
+    info = store.snapshot(_state())
+    with pytest.raises(casstore.ConfigurationError, match=r"step \['a'\] is not a key"):
+        store.restore(info.id, path=("memory", ["a"]))
+
+
 def test_only_the_chunks_under_the_path_are_read(store, repo_dir):
     """The array's chunks sit in a pack of their own; with that pack damaged, the rest of the
     state still restores by path, while a full restore (or the array's path) names the damage."""

@@ -218,6 +218,25 @@ def test_a_cold_remote_restore_reads_a_fresh_tree_in_one_request(s3_proxy, s3_pr
         assert deep_equal(store.restore(info.id), state)
 
 
+def test_a_cold_remote_restore_by_path_reads_little(s3_proxy, s3_proxy_url, tmp_path):
+    """One value of a big remote state, whose bulk an earlier snapshot wrote: a few GETs and a
+    small part of the bytes a full restore downloads."""
+    state = _big_chat(2 << 20)
+    with _open(s3_proxy_url, s3_proxy.storage_options, tmp_path / "idx") as store:
+        store.snapshot(state)
+        state["memory"] = {"persona": "p" * 3000, "step": 7}
+        info = store.snapshot(state)
+        store.drop_caches()
+        s3_proxy.reset_counts()
+        assert store.restore(info.id, path="memory") == state["memory"]
+        part_gets, part_bytes = s3_proxy.counts.get("GET", 0), s3_proxy.bytes_out
+        store.drop_caches()
+        s3_proxy.reset_counts()
+        assert deep_equal(store.restore(info.id), state)
+        assert 1 <= part_gets <= 3, part_gets
+        assert part_bytes * 5 < s3_proxy.bytes_out, (part_bytes, s3_proxy.bytes_out)
+
+
 # ------------------------------------------------------------------ faults
 
 SECRET_KEY = "AKIAFAKEKEY0123456789"
