@@ -41,6 +41,7 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import os
+import posixpath
 import sqlite3
 import stat
 import time
@@ -50,7 +51,7 @@ from typing import Callable, Iterable
 import msgpack
 
 from . import tree
-from .errors import ConfigurationError, IntegrityError
+from .errors import ConfigurationError, IntegrityError, PathNotFoundError
 from .repository import Repository, ReuseError, Stream
 
 LISTING_VERSION = 1
@@ -324,6 +325,28 @@ def read_listing(repo: Repository, fields: dict, entries: list[tree.Entry] | Non
     if fields["kind"] != "dir":
         raise ConfigurationError("not a directory snapshot")
     return decode_listing(repo.read(fields, 0, fields["struct"], entries=entries))["entries"]
+
+
+def file_content(repo: Repository, snap_id: bytes, fields: dict, path: str) -> bytes:
+    """The content of the file at path (relative, POSIX) in a dir snapshot: only the listing's
+    chunks and the file's are read (see Repository.read_span), not the tree's whole chunk list."""
+    name = snap_id.hex()
+    if fields["kind"] != "dir":
+        raise ConfigurationError(f"snapshot {name} is a state snapshot; use restore(id, path=...)")
+    want = posixpath.normpath(path.replace(os.sep, "/")).lstrip("/")
+    listing = decode_listing(repo.read_span(fields, 0, fields["struct"]))["entries"]
+    e = next((e for e in listing if e["p"] == want), None)
+    if e is None:
+        raise PathNotFoundError(f"snapshot {name} holds no {want!r}")
+    if e["t"] != "f":
+        what = "a directory" if e["t"] == "d" else f"a symlink to {e['l']!r}"
+        raise PathNotFoundError(f"snapshot {name}: {want!r} is {what}, not a file")
+    if e["o"] + e["s"] > fields["raw"] - fields["struct"]:
+        raise IntegrityError(f"snapshot {name}: listing entry {want!r} points past the end of the snapshot")
+    if e["s"] == 0:
+        return b""
+    start = fields["struct"] + e["o"]
+    return bytes(repo.read_span(fields, start, start + e["s"]))
 
 
 # ---------------------------------------------------------------------------

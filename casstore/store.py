@@ -158,6 +158,18 @@ class Store:
         sid = self._repo.resolve(id)
         dirsnap.restore_dir(self._repo, sid, self._repo.fields(sid), dest, overwrite=overwrite, progress=progress)
 
+    def read_file(self, id: str, path: str) -> bytes:
+        """The content of one file of a directory snapshot (path relative to the snapshotted
+        folder), reading only that file's chunks; PathNotFoundError when it holds no such file."""
+        from . import dirsnap
+        sid = self._repo.resolve(id)
+        try:
+            return dirsnap.file_content(self._repo, sid, self._repo.fields(sid), path)
+        except IntegrityError as e:
+            if sid.hex() in str(e):
+                raise
+            raise IntegrityError(f"snapshot {sid.hex()}: {e}") from e
+
     # reading ------------------------------------------------------------
     @observed("restore")
     def restore(self, id: str | None = None, *, agent_id: str | None = None, session_id: str | None = None,

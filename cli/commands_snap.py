@@ -28,7 +28,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 
 
 def register(cli: click.Group) -> None:
-    for cmd in (init, snapshot, restore, ls, show, diff):
+    for cmd in (init, snapshot, restore, cat, ls, show, diff):
         cli.add_command(cmd)
         for leaf in (cmd.commands.values() if isinstance(cmd, click.Group) else [cmd]):
             if leaf.name != "copy":
@@ -198,6 +198,17 @@ def restore(app: App, snapshot_id: str, dest: str, overwrite: bool, steps: tuple
     n = _write_state(store.restore(info.id, path=steps) if steps else store.restore(info.id), dest, overwrite)
     if dest != "-":
         app.info(f"restored {info.id[:12]} into {dest} ({human_bytes(n)})")
+
+
+@click.command()
+@click.argument("snapshot_id", metavar="ID")
+@click.argument("path")
+@pass_app
+def cat(app: App, snapshot_id: str, path: str) -> None:
+    """Write the content of file PATH of directory snapshot ID to stdout (only its chunks are read)."""
+    data = app.store().read_file(snapshot_id, path)
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
 
 
 # ls / show -----------------------------------------------------------------------

@@ -263,7 +263,7 @@ def test_labels_from_snapshot_to_ls_and_show(tmp_path, env):
     assert r.returncode != 0 and b"--label needs --agent" in r.stderr
 
 
-def test_restore_part_of_a_state_by_path(tmp_path, env):
+def test_restore_by_path_and_cat_one_file(tmp_path, env):
     ws = tmp_path / "ws"
     make_workspace(ws)
     ok("init", env=env)
@@ -281,3 +281,8 @@ def test_restore_part_of_a_state_by_path(tmp_path, env):
     refused = run("restore", folder["id"], tmp_path / "out", "--path", "uploads", env=env)
     assert refused.returncode == 1 and b"--path applies to state snapshots" in refused.stderr
     assert not (tmp_path / "out").exists()
+    # one file of a directory snapshot
+    assert ok("cat", folder["id"], "uploads/report.bin", env=env).stdout == (ws / "uploads" / "report.bin").read_bytes()
+    assert ok("cat", folder["id"][:8], "uploads/notes.txt", env=env).stdout == b"first notes\n" * 100
+    gone = run("cat", folder["id"], "uploads/nope.txt", env=env)
+    assert gone.returncode == 1 and b"holds no 'uploads/nope.txt'" in gone.stderr

@@ -304,3 +304,64 @@ def test_overwrite_does_not_follow_a_symlink_already_in_dest(store, tmp_path):
     store.restore_dir(sid, str(dest), overwrite=True)
     assert os.listdir(outside) == []
     assert (dest / "d" / "f").read_bytes() == b"pwned" and not os.path.islink(dest / "d")
+
+
+# ---------------------------------------------------------------------------
+# one file of a directory snapshot
+# ---------------------------------------------------------------------------
+
+def test_read_file_gives_each_file_of_a_snapshot(store, tmp_path):
+    root = tmp_path / "ws"
+    _make_tree(root)
+    info = store.snapshot_dir(str(root))
+    for rel in ("notes.txt", "sub/deep/blob.bin", "sub/script.sh", "sub/empty.txt"):
+        assert store.read_file(info.id, rel) == (root / rel).read_bytes()
+    assert store.read_file(info.id[:10], "./sub//script.sh") == (root / "sub" / "script.sh").read_bytes()
+    (root / "notes.txt").write_text("edited\n")
+    later = store.snapshot_dir(str(root))
+    assert store.read_file(info.id, "notes.txt") == b"hello workspace\n"
+    assert store.read_file(later.id, "notes.txt") == b"edited\n"
+
+
+@pytest.mark.parametrize("rel, message", [
+    ("missing.txt", "holds no 'missing.txt'"),
+    ("sub", "'sub' is a directory, not a file"),
+    ("link", "'link' is a symlink to 'sub/deep/blob.bin', not a file"),
+])
+def test_read_file_names_what_is_there_instead(store, tmp_path, rel, message):
+    root = tmp_path / "ws"
+    _make_tree(root)
+    info = store.snapshot_dir(str(root))
+    with pytest.raises(casstore.PathNotFoundError, match=message) as e:
+        store.read_file(info.id, rel)
+    assert info.id in str(e.value)
+
+
+def test_read_file_refuses_a_state_snapshot(store):
+    info = store.snapshot({"a": 1})
+    with pytest.raises(ConfigurationError, match=r"state snapshot; use restore\(id, path=...\)"):
+        store.read_file(info.id, "a")
+
+
+def test_read_file_reads_only_that_file(store, tmp_path):
+    """The big file's chunks lie in the first snapshot's pack; damaged, they fail a full
+    restore and that file's read, while another file of the later snapshot still reads."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(400_000))
+    _age(root)
+    store.snapshot_dir(str(root))
+    packs = [p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()]
+    (root / "small.txt").write_text("small and new\n")
+    _age(root)
+    info = store.snapshot_dir(str(root))
+    [first_pack] = packs
+    data = bytearray(first_pack.read_bytes())
+    data[100_000] ^= 0xFF
+    first_pack.write_bytes(bytes(data))
+    store.drop_caches()
+    assert store.read_file(info.id, "small.txt") == b"small and new\n"
+    with pytest.raises(casstore.IntegrityError, match=info.id):
+        store.read_file(info.id, "big.bin")
+    with pytest.raises(casstore.IntegrityError):
+        store.restore_dir(info.id, str(tmp_path / "out"))
