@@ -287,6 +287,8 @@ def _message(f: dict) -> str:
         parts.append(str(f["id"])[:12])
     if f.get("agent") is not None:
         parts.append(f"{f['agent']}/{f.get('session', '*')}" if f.get("session") is not None else str(f["agent"]))
+    if "path" in f:
+        parts.append(str(f["path"]))
     if "raw_size" in f:
         parts.append(f"raw={_size(f['raw_size'])}")
     if "stored_size" in f:

@@ -186,7 +186,11 @@ class Store:
         if fields["kind"] != "state":
             raise ConfigurationError(f"snapshot {snap_id.hex()} is a directory snapshot; use restore_dir")
         if path is not None:
-            value = self._restore_at(snap_id, fields, _steps(path), allow_pickle)
+            steps = _steps(path)
+            op = _obs.current()
+            if op is not None:
+                op.update(path="state" + "".join(f"[{k!r}]" for k in steps))
+            value = self._restore_at(snap_id, fields, steps, allow_pickle)
             _log_op("restore", SnapshotInfo.from_fields(snap_id, fields), started)
             return value
         try:

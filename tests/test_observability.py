@@ -93,6 +93,19 @@ def test_every_operation_logs_one_record(store, tmp_path, caplog):
     assert all(r.casstore["outcome"] == "ok" for r in records(caplog))
 
 
+def test_a_restore_by_path_logs_the_path(store, caplog):
+    caplog.set_level(logging.INFO, logger="casstore")
+    info = store.snapshot(STATE, "a", "s")
+    assert store.restore(info.id, path=("messages", 2, "role")) == "user"
+    with pytest.raises(casstore.PathNotFoundError):
+        store.restore(info.id, path="memory")
+    ok, missing = records(caplog, "restore")
+    assert ok.casstore["path"] == "state['messages'][2]['role']" and ok.casstore["outcome"] == "ok"
+    assert "state['messages'][2]['role']" in ok.getMessage()
+    assert missing.levelno == logging.WARNING and missing.casstore["error_kind"] == "PathNotFoundError"
+    assert missing.casstore["path"] == "state['memory']"
+
+
 def test_failure_is_logged_with_its_class(store, caplog):
     caplog.set_level(logging.INFO, logger="casstore")
     with pytest.raises(casstore.SnapshotNotFoundError):
