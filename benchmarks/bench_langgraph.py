@@ -12,8 +12,10 @@ side, turn by turn (see run_turns).
 Measured per saver: bytes on disk (harness.dir_bytes), bytes per checkpoint,
 time per turn (a whole `graph.invoke`), time to load the latest and an early
 checkpoint (`get_tuple`), and time to list the long thread's history
-(`list(saver.list(config))`), each also once on a fresh saver opened on the
-same files (what a new process sees: no in-process caches).
+(`list(saver.list(config))`), each also on a fresh saver opened on the
+same files (what a new process sees: no in-process caches): the early
+checkpoint's load on FRESH_READS fresh savers, the best reported, the
+listing once.
 `python -m benchmarks --only langgraph`.
 """
 
@@ -200,6 +202,7 @@ def run_turns(lanes: list[_Lane], threads: list[tuple[str, int]]) -> None:
 
 
 LONG = {"configurable": {"thread_id": "long"}}
+FRESH_READS = 3   # fresh savers timed reading the old checkpoint (the best is reported)
 
 
 def time_reads(lanes: list[_Lane]) -> None:
@@ -246,10 +249,14 @@ def finish(lane: _Lane, turns: int) -> None:
         messages = [(m.type, m.content) for m in state]
         lane.close()
         if name != "InMemorySaver":  # a fresh saver on the same files: what a new process sees
+            for _ in range(FRESH_READS):  # best of a few, each saver fresh, as the other reads are best-of
+                saver2, close2 = lane.factory(lane.dir)
+                s = time.perf_counter()
+                saver2.get_tuple(lane.old)
+                took = time.perf_counter() - s
+                row["load_old_fresh_s"] = min(took, row.get("load_old_fresh_s", took))
+                close2()
             saver2, close2 = lane.factory(lane.dir)
-            s = time.perf_counter()
-            saver2.get_tuple(lane.old)
-            row["load_old_fresh_s"] = time.perf_counter() - s
             s = time.perf_counter()
             list(saver2.list(LONG))
             row["list_history_fresh_s"] = time.perf_counter() - s
