@@ -206,7 +206,11 @@ def restore(app: App, snapshot_id: str, dest: str, overwrite: bool, steps: tuple
 @pass_app
 def cat(app: App, snapshot_id: str, path: str) -> None:
     """Write the content of file PATH of directory snapshot ID to stdout (only its chunks are read)."""
-    data = app.store().read_file(snapshot_id, path)
+    store = app.store()
+    info = store.get_metadata(snapshot_id)
+    if info.kind != "dir":
+        raise fail(f"snapshot {info.id[:12]} is a state snapshot; use: casstore restore {info.id[:12]} - --path KEY")
+    data = store.read_file(info.id, path)
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 

@@ -286,3 +286,5 @@ def test_restore_by_path_and_cat_one_file(tmp_path, env):
     assert ok("cat", folder["id"][:8], "uploads/notes.txt", env=env).stdout == b"first notes\n" * 100
     gone = run("cat", folder["id"], "uploads/nope.txt", env=env)
     assert gone.returncode == 1 and b"holds no 'uploads/nope.txt'" in gone.stderr
+    state_cat = run("cat", snap["id"], "memory", env=env)
+    assert state_cat.returncode == 1 and b"is a state snapshot; use: casstore restore" in state_cat.stderr
