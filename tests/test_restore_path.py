@@ -153,3 +153,15 @@ def test_codec_decodes_any_path_of_nested_states(state, pick):
     paths = list(_paths(state, ("s",)))
     path, want = paths[pick % len(paths)]
     assert deep_equal(codec.decode_at(structure, region, path), want)
+
+
+def test_by_path_and_one_file_from_an_encrypted_store(tmp_path):
+    with casstore.open(str(tmp_path / "enc"), password="pw", encrypt=True) as store:
+        info = store.snapshot(_state())
+        (tmp_path / "ws").mkdir()
+        (tmp_path / "ws" / "notes.md").write_text("secret notes\n" * 50)
+        folder = store.snapshot_dir(str(tmp_path / "ws"))
+    with casstore.open(str(tmp_path / "enc"), password="pw") as store:
+        assert store.restore(info.id, path=("memory", "persona")) == "p" * 5000
+        assert deep_equal(store.restore(info.id, path=("book", "pages")), [1, {"scan": b"\x01" * 70_000}])
+        assert store.read_file(folder.id, "notes.md") == b"secret notes\n" * 50
