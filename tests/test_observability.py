@@ -260,6 +260,18 @@ def test_spans_carry_the_record_fields(store, monkeypatch):
     assert bad.attributes["casstore.error_kind"] == "SnapshotNotFoundError"
 
 
+def test_no_span_is_started_while_no_tracer_provider_is_set(monkeypatch):
+    trace = pytest.importorskip("opentelemetry.trace")
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        pytest.skip("a global tracer provider is set in this process")
+    monkeypatch.setattr(obs, "_tracer", trace.get_tracer("casstore"))
+    monkeypatch.setattr(obs, "_tracer_state", "on")
+    assert obs._start_span("restore") is None
+    monkeypatch.setattr(obs, "_tracer", sdk.TracerProvider().get_tracer("casstore"))
+    assert obs._start_span("restore") is not None
+
+
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "CASSTORE_METRICS": "1"}
     env.pop("CASSTORE_REPO", None)
