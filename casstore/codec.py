@@ -226,12 +226,9 @@ def decode_at(structure: bytes | memoryview, blob_region: Any, path: Sequence[An
         return value
 
     def step(value: Any, key: Any, where: str) -> Any:
-        if type(value) is _Deferred:
-            if value.code in (EXT_LIST, EXT_TUPLE):
-                inner = msgpack.unpackb(value.data, ext_hook=lazy, raw=False, strict_map_key=False, use_list=True)
-                value = _decode_list(inner, blob_region, lazy) if value.code == EXT_LIST else inner
-            else:
-                value = force(value)
+        if type(value) is _Deferred:   # a list or tuple is opened one level; anything else decoded whole
+            hook = lazy if value.code in (EXT_LIST, EXT_TUPLE) else eager
+            value = _decode_ext(value.code, value.data, blob_region, hook, allow_pickle, made)
         if type(value) is dict:
             if key in value:
                 return value[key]
@@ -239,7 +236,7 @@ def decode_at(structure: bytes | memoryview, blob_region: Any, path: Sequence[An
                 if type(k) is _Deferred and force(k) == key:
                     return v
             raise PathNotFoundError(f"{where} has no key {key!r}")
-        if type(value) is list:
+        if type(value) in (list, tuple):
             index = _index(key, where)
             if not -len(value) <= index < len(value):
                 raise PathNotFoundError(f"{where} has {len(value)} items, no item {key!r}")

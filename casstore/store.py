@@ -165,10 +165,8 @@ class Store:
         sid = self._repo.resolve(id)
         try:
             return dirsnap.file_content(self._repo, sid, self._repo.fields(sid), path)
-        except IntegrityError as e:
-            if sid.hex() in str(e):
-                raise
-            raise IntegrityError(f"snapshot {sid.hex()}: {e}") from e
+        except (IntegrityError, PathNotFoundError) as e:
+            raise _naming(e, sid) from e
 
     # reading ------------------------------------------------------------
     @observed("restore")
@@ -199,7 +197,7 @@ class Store:
             view = memoryview(self._repo.read(fields, entries=entries,
                                               into={at: buf for at, (_, buf) in strings.items()}))
         except IntegrityError as e:
-            raise IntegrityError(f"snapshot {snap_id.hex()}: {e}") from e
+            raise _naming(e, snap_id) from e
         if fields.get("tail"):  # the structure stream is stored after the blobs
             split = fields["raw"] - fields["struct"]
             made = {}
@@ -225,7 +223,7 @@ class Store:
             region = _StoredRegion(self._repo, fields, 0 if tail else split, fields["raw"] - fields["struct"], windows)
             return codec.decode_at(structure, region, steps, allow_pickle=allow_pickle)
         except (IntegrityError, PathNotFoundError) as e:
-            raise type(e)(f"snapshot {snap_id.hex()}: {e}") from e
+            raise _naming(e, snap_id) from e
 
     def get_metadata(self, id: str) -> SnapshotInfo:
         sid = self._repo.resolve(id)
@@ -456,6 +454,12 @@ def open(url: str | None = None, *, storage_options: dict | None = None, index_p
         raise ConfigurationError(f"repository {repo.backend.url} is not encrypted; "
                                  f"{'it existed before this call' if encrypt else 'it takes no password'}")
     return Store(repo)
+
+
+def _naming(error: Exception, snap_id: bytes) -> Exception:
+    """error again, its message prefixed with the snapshot it is about (the layers below name
+    chunks, packs and paths, not the snapshot a restore was asked for)."""
+    return type(error)(f"snapshot {snap_id.hex()}: {error}")
 
 
 def _steps(path: Any) -> tuple:

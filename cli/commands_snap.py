@@ -195,7 +195,7 @@ def restore(app: App, snapshot_id: str, dest: str, overwrite: bool, steps: tuple
         store.restore_dir(info.id, dest, overwrite=overwrite, progress=app.progress("restore"))
         app.info(f"restored {info.id[:12]} ({human_bytes(info.raw_size)}) into {os.path.abspath(dest)}")
         return
-    n = _write_state(store.restore(info.id, path=steps) if steps else store.restore(info.id), dest, overwrite)
+    n = _write_state(store.restore(info.id, path=steps or None), dest, overwrite)
     if dest != "-":
         app.info(f"restored {info.id[:12]} into {dest} ({human_bytes(n)})")
 
