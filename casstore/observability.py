@@ -497,7 +497,7 @@ def _start_span(op: str) -> Any:
 def _not_recording(tracer: Any) -> bool:
     """Whether spans from tracer go nowhere: OpenTelemetry's API is installed but no SDK provider
     is set (yet; checked at each operation, so one set later is used). Starting and ending such a
-    no-op span cost about 7 us an operation."""
+    no-op span cost about 6 us an operation."""
     from opentelemetry import trace
     if isinstance(tracer, trace.NoOpTracer):
         return True

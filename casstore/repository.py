@@ -58,9 +58,8 @@ MAX_READ = 16 << 20         # ...but keep one ranged read below this size
 # threads and the checking thread interleave more evenly (in-order checking waits less on one
 # slow read), and each read's buffer is smaller. Alternated, 10 runs each: 548 against 442 MB/s
 # (medians), with one more read ahead (read_ahead).
-NODE_WINDOW = 1 << 20       # remote: bytes read before a tree's root in its pack, where its upper levels lie
-_HEX_DIGITS = "0123456789abcdef"
 LOCAL_MAX_READ = 4 << 20
+NODE_WINDOW = 1 << 20       # remote: bytes read before a tree's root in its pack, where its upper levels lie
 MMAP_BUFFER = 4 << 20       # a read's buffer of this size or more is an anonymous mapping (see _buffer)
 # Reads in flight at once on a remote store. They wait on latency, not CPU: a chat
 # restore after 150 steps touches ~125 packs, and at 20 ms a request that took
@@ -858,7 +857,7 @@ class Repository:
         if isinstance(ref, bytes):
             return [ref] if self.index.has_snapshot(ref) else []
         ref = ref.strip().lower()
-        if not ref or len(ref) > 64 or ref.strip(_HEX_DIGITS):
+        if not ref or len(ref) > 64 or ref.strip("0123456789abcdef"):   # "": every character a hex digit
             raise SnapshotNotFoundError(f"{ref!r} is not a snapshot id (hex digits)")
         ids = self.index.ids_with_prefix(bytes.fromhex(ref[: len(ref) // 2 * 2]))
         return [i for i in ids if i.hex().startswith(ref)]
