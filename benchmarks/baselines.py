@@ -26,6 +26,8 @@ import msgpack
 import numpy as np
 import zstandard
 
+from .harness import value_at
+
 
 class ToolUnavailable(Exception):
     """The tool cannot run here (not installed, API missing); reported, never faked."""
@@ -100,10 +102,7 @@ class FullZstdBaseline:
 
     def restore_part(self, snap_id: str, path: tuple) -> Any:
         """One value of a snapshot: a whole file must be read and unpacked to get at it."""
-        value = self.restore(snap_id)
-        for key in path:
-            value = value[key]
-        return value
+        return value_at(self.restore(snap_id), path)
 
     def close(self) -> None:
         pass

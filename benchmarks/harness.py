@@ -93,6 +93,13 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 # ------------------------------------------------------------------ equality
 
+def value_at(state: Any, path: tuple) -> Any:
+    """The value at path (a tuple of keys and indexes) inside state."""
+    for key in path:
+        state = state[key]
+    return state
+
+
 def states_equal(a: Any, b: Any, path: str = "state") -> str | None:
     """None when equal; otherwise the first differing path. Tuples equal lists."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
